@@ -1,0 +1,23 @@
+"""Stateless forms of the losses: per-class factors in, loss and statistics increments out.
+
+Each returns a :class:`LossOutput`. They are what ``gradcheck`` and custom training loops
+use; the modules in :mod:`eqlosses.losses` add the statistics that produce the factors.
+"""
+
+from ._fused import LossOutput
+from .focal import equalized_focal_factors, equalized_focal_loss, equalized_quality_focal_loss
+from .sigmoid import eql_sigmoid, sigmoid_eql, sigmoid_eql_factors
+from .softmax import eql_softmax, softmax_eql, softmax_eql_adjustment
+
+__all__ = [
+    "LossOutput",
+    "eql_sigmoid",
+    "eql_softmax",
+    "equalized_focal_factors",
+    "equalized_focal_loss",
+    "equalized_quality_focal_loss",
+    "sigmoid_eql",
+    "sigmoid_eql_factors",
+    "softmax_eql",
+    "softmax_eql_adjustment",
+]

@@ -1,0 +1,316 @@
+r"""Equalized Focal Loss (EFL) and its quality-focal variant (EQFL).
+
+EFL gives class ``j`` its own focusing factor ``γ_j = γ_b + s (1 - g_j)`` (``g_j``
+clamped to [0, 1]) and weighting factor ``w_j = γ_j / γ_b``:
+
+.. math::
+    L = \frac{1}{Z}\sum_{i,j} α_t\, w_j\, (1 - p_t)^{γ_j}\, (-\log p_t)
+
+with ``p_t = σ(z)`` on positives and ``1 - σ(z)`` on negatives, ``α_t = α`` / ``1 - α``
+and ``Z`` the number of positive samples (at least 1). Everything is computed from the
+logits through ``softplus``: ``-log σ(z) = softplus(-z)`` and ``σ(z)^γ = exp(-γ
+softplus(-z))``, finite in every dtype.
+
+EQFL replaces the focal term by the quality focal loss: negatives
+``BCE(z, 0) σ(z)^{γ_j}``, the positive entry ``BCE(z, q) |q - σ(z)|^{γ_j}`` with ``q``
+the IoU quality target, all times ``w_j / Z`` (no ``α``).
+
+The statistics are the true gradient of the normalised loss, split by the one-hot
+class target.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..labels import (
+    BackgroundIndex,
+    Reduction,
+    check_choice,
+    check_class_vector,
+    check_logits,
+    check_same_rows,
+    class_indices,
+    reads_values,
+    row_weights,
+)
+from ._fused import (
+    BlockKernel,
+    BlockResult,
+    LossOutput,
+    attach_gradient,
+    compute_dtype,
+    run_blocks,
+)
+
+__all__ = ["equalized_focal_factors", "equalized_focal_loss", "equalized_quality_focal_loss"]
+
+
+def equalized_focal_factors(
+    grad_ratio: Tensor, gamma_b: float = 2.0, scale: float = 8.0
+) -> tuple[Tensor, Tensor]:
+    """Per-class ``(focusing, weighting)`` of EFL: ``γ_j = γ_b + s (1 - clamp(g_j, 0, 1))``,
+    ``w_j = γ_j / γ_b``."""
+    focusing = gamma_b + scale * (1.0 - grad_ratio.clamp(0.0, 1.0))
+    return focusing, focusing / gamma_b
+
+
+def _focal_kernel(
+    labels: Tensor,
+    scores: Tensor | None,
+    rows_weight: Tensor,
+    focusing: Tensor,
+    weighting: Tensor,
+    alpha: float | None,
+    grad_scale: Tensor | None,
+    per_entry: bool,
+) -> BlockKernel:
+    """Every entry is a negative except one positive per row at its label (label ``C``
+    marks a background row). ``scores`` given: EQFL with quality targets; else EFL."""
+    num_classes = focusing.shape[0]
+    neg_coef = weighting if alpha is None else (1.0 - alpha) * weighting
+
+    def kernel(logits: Tensor, rows: slice, grad: Tensor) -> BlockResult:
+        label = labels[rows]
+        weight = rows_weight[rows]
+        softplus = F.softplus(logits)
+        softplus_neg = softplus - logits  # softplus(-z) = -log σ(z)
+        prob = torch.exp(-softplus_neg)
+        modulator = torch.mul(softplus_neg, -focusing).exp_()  # σ(z)^γ_j
+
+        # Negative entries: d/dz [σ^γ softplus(z)] = σ^γ (γ (1 - σ) softplus(z) + σ)
+        torch.mul(softplus, focusing, out=grad)
+        grad.mul_(1.0 - prob).add_(prob).mul_(modulator).mul_(neg_coef)
+        grad.mul_(weight.unsqueeze(1))
+
+        pos_rows = torch.nonzero(label < num_classes).squeeze(1)
+        pos_cols = label[pos_rows]
+        z = logits[pos_rows, pos_cols]
+        sp = softplus[pos_rows, pos_cols]
+        sp_neg = softplus_neg[pos_rows, pos_cols]
+        p = prob[pos_rows, pos_cols]
+        gamma = focusing[pos_cols]
+        coef = weighting[pos_cols] * weight[pos_rows]
+        if scores is None:
+            assert alpha is not None
+            # α (1 - σ)^γ softplus(-z); (1 - σ)^γ = exp(-γ softplus(z))
+            focal = torch.exp(-gamma * sp)
+            pos_loss = alpha * coef * focal * sp_neg
+            pos_grad = -alpha * coef * focal * (gamma * p * sp_neg + torch.exp(-sp))
+        else:
+            quality = scores[rows][pos_rows].to(logits.dtype)
+            diff = p - quality
+            bce = sp - quality * z
+            distance = diff.abs()
+            pos_loss = coef * distance.pow(gamma) * bce
+            pos_grad = coef * (
+                gamma * distance.pow(gamma - 1) * diff.sign() * p * (1.0 - p) * bce
+                + distance.pow(gamma) * diff
+            )
+
+        grad[pos_rows, pos_cols] = 0
+        neg_inc = grad.sum(0)
+        grad[pos_rows, pos_cols] = pos_grad
+        pos_inc = torch.zeros_like(focusing).index_add_(0, pos_cols, pos_grad.abs())
+
+        neg_loss = modulator.mul_(softplus)
+        if per_entry:
+            loss = neg_loss.mul_(neg_coef).mul_(weight.unsqueeze(1))
+            loss[pos_rows, pos_cols] = pos_loss
+        else:
+            neg_loss[pos_rows, pos_cols] = 0
+            loss = (weight @ neg_loss) @ neg_coef + pos_loss.sum()
+        if grad_scale is not None:
+            grad.mul_(grad_scale)
+        return BlockResult(loss, pos_inc, neg_inc)
+
+    return kernel
+
+
+def _focal(
+    logits: Tensor,
+    target: Tensor,
+    scores: Tensor | None,
+    focusing: Tensor,
+    weighting: Tensor,
+    *,
+    alpha: float | None,
+    avg_factor: float | Tensor | None,
+    weight: Tensor | None,
+    reduction: Reduction,
+    ignore_index: int,
+    background_index: BackgroundIndex,
+    validate: bool,
+) -> LossOutput:
+    check_choice("reduction", reduction, ("mean", "sum", "none"))
+    num_classes = focusing.shape[0]
+    check_logits(logits, num_classes)
+    check_class_vector("weighting", weighting, num_classes)
+    dtype = compute_dtype(logits)
+    rows_shape = logits.shape[:-1]
+    labels, valid = class_indices(
+        target,
+        rows_shape,
+        num_classes,
+        allow_background=True,
+        background_index=background_index,
+        ignore_index=ignore_index,
+        validate=validate,
+    )
+    flat_scores = None
+    if scores is not None:
+        check_same_rows("score", scores, rows_shape)
+        if not scores.is_floating_point():
+            raise ValueError(f"score: expected floating quality targets, got {scores.dtype}")
+        if reads_values(validate) and bool(((scores < 0) | (scores > 1)).any()):
+            raise ValueError("score: expected quality targets in [0, 1], got values outside")
+        flat_scores = scores.reshape(-1)
+    rows = row_weights(valid, weight, rows_shape, dtype)
+
+    normaliser: Tensor | None = None
+    grad_scale: Tensor | None = None
+    if reduction == "mean":
+        if avg_factor is None:
+            normaliser = ((labels < num_classes) & valid).sum().to(dtype)
+        else:
+            normaliser = torch.as_tensor(avg_factor, dtype=dtype, device=logits.device)
+            if reads_values(validate) and not bool(normaliser > 0):
+                raise ValueError(f"avg_factor: expected a positive number, got {avg_factor}")
+        grad_scale = 1.0 / normaliser.clamp_min(1.0) if avg_factor is None else 1.0 / normaliser
+    elif avg_factor is not None:
+        raise ValueError(f"avg_factor: only used with reduction='mean', got {reduction!r}")
+
+    per_entry = reduction == "none"
+    kernel = _focal_kernel(
+        labels,
+        flat_scores,
+        rows,
+        focusing.to(dtype),
+        weighting.to(dtype),
+        alpha,
+        grad_scale,
+        per_entry,
+    )
+    loss, grad, pos_inc, neg_inc = run_blocks(
+        logits,
+        kernel,
+        num_stat_columns=num_classes,
+        channels_first=False,
+        loss_kind="entry" if per_entry else "sum",
+    )
+    if grad_scale is not None:
+        loss = loss * grad_scale
+    loss = attach_gradient(logits, loss, grad)
+    return LossOutput(loss, pos_inc, neg_inc, normaliser)
+
+
+def equalized_focal_loss(
+    logits: Tensor,
+    target: Tensor,
+    focusing: Tensor,
+    weighting: Tensor,
+    *,
+    alpha: float = 0.25,
+    avg_factor: float | Tensor | None = None,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    ignore_index: int = -100,
+    background_index: BackgroundIndex = "last",
+    validate: bool = True,
+) -> LossOutput:
+    r"""Stateless Equalized Focal Loss with explicit per-class factors.
+
+    Args:
+        logits: ``(..., C)``, no background column.
+        target: integer labels ``(...)`` in ``[0, C]`` (``C`` = background, an all-zero
+            target row) or ``ignore_index``.
+        focusing: ``(C,)`` ``γ_j``. weighting: ``(C,)`` ``w_j`` (see
+            :func:`equalized_focal_factors`).
+        alpha: the focal balance ``α``.
+        avg_factor: the normaliser ``Z`` of ``'mean'``; default the number of positive
+            samples, at least 1. Under data parallelism pass the positives averaged over
+            ranks, as detectors do.
+        weight: optional per-sample weights ``(...)``.
+        reduction: ``'mean'`` (sum / ``Z``), ``'sum'`` or ``'none'`` (per entry).
+
+    Returns:
+        :class:`LossOutput`: increments ``|dL/dz|`` split by target, unnormalised;
+        ``normaliser`` = ``Z`` (for ``'mean'``).
+
+    Shape:
+        - logits: ``(..., C)``; target and weight: ``(...)``.
+
+    Example:
+        >>> logits = torch.randn(8, 3, requires_grad=True)
+        >>> focusing, weighting = equalized_focal_factors(torch.ones(3))
+        >>> target = torch.tensor([0, 3, 3, 2, 3, 3, 1, 3])
+        >>> out = equalized_focal_loss(logits, target, focusing, weighting)
+        >>> out.loss.backward()
+    """
+    return _focal(
+        logits,
+        target,
+        None,
+        focusing,
+        weighting,
+        alpha=alpha,
+        avg_factor=avg_factor,
+        weight=weight,
+        reduction=reduction,
+        ignore_index=ignore_index,
+        background_index=background_index,
+        validate=validate,
+    )
+
+
+def equalized_quality_focal_loss(
+    logits: Tensor,
+    target: Tensor,
+    score: Tensor,
+    focusing: Tensor,
+    weighting: Tensor,
+    *,
+    avg_factor: float | Tensor | None = None,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    ignore_index: int = -100,
+    background_index: BackgroundIndex = "last",
+    validate: bool = True,
+) -> LossOutput:
+    r"""Stateless Equalized Quality Focal Loss.
+
+    .. math::
+        L = \frac{1}{Z}\sum_{i,j} w_j\,|t_{ij} - σ(z_{ij})|^{γ_j}\,\mathrm{BCE}(z_{ij}, t_{ij})
+
+    with ``t_ij = q_i`` at the sample's class and 0 elsewhere.
+
+    Args:
+        logits: ``(..., C)``.
+        target: integer labels ``(...)``, ``C`` = background.
+        score: ``(...)`` IoU quality targets in [0, 1] (read on positive rows only).
+        focusing, weighting, avg_factor, weight, reduction: as
+            :func:`equalized_focal_loss`.
+
+    Example:
+        >>> logits = torch.randn(8, 3, requires_grad=True)
+        >>> focusing, weighting = equalized_focal_factors(torch.ones(3))
+        >>> target = torch.tensor([0, 3, 3, 2, 3, 3, 1, 3])
+        >>> out = equalized_quality_focal_loss(logits, target, torch.rand(8), focusing, weighting)
+        >>> out.loss.backward()
+    """
+    return _focal(
+        logits,
+        target,
+        score,
+        focusing,
+        weighting,
+        alpha=None,
+        avg_factor=avg_factor,
+        weight=weight,
+        reduction=reduction,
+        ignore_index=ignore_index,
+        background_index=background_index,
+        validate=validate,
+    )

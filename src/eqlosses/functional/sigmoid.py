@@ -1,0 +1,330 @@
+r"""Weighted sigmoid cross-entropy: Sigmoid-EQL (EQLv2) and EQL v1 (sigmoid form).
+
+Both are a binary cross-entropy per (sample, class) entry with a weight that depends on
+whether the entry is positive or negative:
+
+.. math::
+    L = \frac{1}{N}\sum_{i,j} W_{ij}\,\mathrm{BCE}(z_{ij}, y_{ij}), \qquad
+    W_{ij} = q_j\, y_{ij} + r_{ij}\,(1 - y_{ij})
+
+Sigmoid-EQL: ``r_j = f(g_j) = 1 / (1 + exp(-γ (g_j - μ)))`` and ``q_j = 1 + α (1 - r_j)``.
+EQL v1: ``q = 1`` and ``r_ij = 1 - E_i T_j``: negatives of rare classes are dropped on
+foreground samples only.
+
+The step's statistics are ``|σ(z) - y| · W`` split by ``y`` and summed over samples, not
+divided by ``N``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..labels import (
+    BackgroundIndex,
+    Reduction,
+    check_choice,
+    check_class_vector,
+    check_logits,
+    class_indices,
+    reads_values,
+    row_weights,
+)
+from ._fused import BlockKernel, BlockResult, LossOutput, attach_gradient, compute_dtype, run_blocks
+
+__all__ = ["eql_sigmoid", "sigmoid_eql", "sigmoid_eql_factors"]
+
+
+def sigmoid_eql_factors(
+    grad_ratio: Tensor, gamma: float = 12.0, mu: float = 0.8, alpha: float = 4.0
+) -> tuple[Tensor, Tensor]:
+    """Per-class ``(pos_weight, neg_weight)`` of Sigmoid-EQL from the ratio ``g``.
+
+    ``neg_weight = 1 / (1 + exp(-gamma (g - mu)))``, ``pos_weight = 1 + alpha (1 - neg_weight)``.
+    """
+    neg_weight = torch.sigmoid(gamma * (grad_ratio - mu))
+    pos_weight = 1.0 + alpha * (1.0 - neg_weight)
+    return pos_weight, neg_weight
+
+
+def _index_kernel(
+    labels: Tensor,
+    rows_weight: Tensor,
+    pos_weight: Tensor,
+    neg_weight: Tensor,
+    foreground_neg_weight: Tensor | None,
+    grad_scale: Tensor | None,
+    per_entry: bool,
+) -> BlockKernel:
+    """Block kernel for integer labels: every entry is a negative except the one
+    positive per row at its label (label ``K`` marks a row with no positive)."""
+    num_columns = pos_weight.shape[0]
+
+    def kernel(logits: Tensor, rows: slice, grad: Tensor) -> BlockResult:
+        label = labels[rows]
+        weight = rows_weight[rows]
+        prob = torch.sigmoid(logits)
+        softplus = F.softplus(logits)
+        if foreground_neg_weight is None:
+            entry_neg = neg_weight.expand_as(logits)
+        else:
+            foreground = (label < num_columns).unsqueeze(1)
+            entry_neg = torch.where(foreground, foreground_neg_weight, neg_weight)
+
+        torch.mul(prob, entry_neg, out=grad)
+        grad.mul_(weight.unsqueeze(1))
+        pos_rows = torch.nonzero(label < num_columns).squeeze(1)
+        pos_cols = label[pos_rows]
+        pos_prob = prob[pos_rows, pos_cols]
+        pos_row_weight = weight[pos_rows] * pos_weight[pos_cols]
+
+        # The positives' own gradient replaces their negative-form entries; zero them
+        # first so the column sums below count negatives only.
+        grad[pos_rows, pos_cols] = 0
+        neg_inc = grad.sum(0)
+        pos_grad = pos_row_weight * (pos_prob - 1.0)
+        grad[pos_rows, pos_cols] = pos_grad
+        pos_inc = torch.zeros_like(pos_weight).index_add_(0, pos_cols, -pos_grad)
+
+        pos_softplus = softplus[pos_rows, pos_cols]
+        pos_loss = pos_row_weight * (pos_softplus - logits[pos_rows, pos_cols])
+        if per_entry:
+            loss = softplus.mul_(entry_neg).mul_(weight.unsqueeze(1))
+            loss[pos_rows, pos_cols] = pos_loss
+        else:
+            neg_part = softplus.mul_(entry_neg)
+            neg_part[pos_rows, pos_cols] = 0
+            loss = weight @ neg_part.sum(1) + pos_loss.sum()
+        if grad_scale is not None:
+            grad.mul_(grad_scale)
+        return BlockResult(loss, pos_inc, neg_inc)
+
+    return kernel
+
+
+def _soft_kernel(
+    targets: Tensor,
+    rows_weight: Tensor,
+    pos_weight: Tensor,
+    neg_weight: Tensor,
+    grad_scale: Tensor | None,
+    per_entry: bool,
+) -> BlockKernel:
+    """Block kernel for float targets in [0, 1] (multi-hot or soft)."""
+
+    def kernel(logits: Tensor, rows: slice, grad: Tensor) -> BlockResult:
+        target = targets[rows].to(logits.dtype)
+        weight = rows_weight[rows].unsqueeze(1)
+        entry_weight = neg_weight + (pos_weight - neg_weight) * target
+        entry_weight.mul_(weight)
+        torch.sub(torch.sigmoid(logits), target, out=grad)
+        magnitude = grad.abs().mul_(entry_weight)
+        pos_inc = (magnitude * target).sum(0)
+        neg_inc = magnitude.sum(0) - pos_inc
+        grad.mul_(entry_weight)
+        loss = (F.softplus(logits) - target * logits).mul_(entry_weight)
+        if grad_scale is not None:
+            grad.mul_(grad_scale)
+        return BlockResult(loss if per_entry else loss.sum(), pos_inc, neg_inc)
+
+    return kernel
+
+
+def _weighted_bce(
+    logits: Tensor,
+    target: Tensor,
+    pos_weight: Tensor,
+    neg_weight: Tensor,
+    *,
+    num_classes: int,
+    objectness: bool,
+    foreground_neg_weight: Tensor | None,
+    weight: Tensor | None,
+    reduction: Reduction,
+    ignore_index: int,
+    background_index: BackgroundIndex,
+    validate: bool,
+) -> LossOutput:
+    check_choice("reduction", reduction, ("mean", "sum", "none"))
+    num_columns = num_classes + 1 if objectness else num_classes
+    check_logits(logits, num_columns)
+    check_class_vector("pos_weight", pos_weight, num_classes)
+    check_class_vector("neg_weight", neg_weight, num_classes)
+    dtype = compute_dtype(logits)
+    rows_shape = logits.shape[:-1]
+    ones = torch.ones(num_columns - num_classes, dtype=dtype, device=logits.device)
+    # The objectness column is in the loss with weight 1 and out of the statistics.
+    pos_w = torch.cat([pos_weight.to(dtype), ones])
+    neg_w = torch.cat([neg_weight.to(dtype), ones])
+    fg_neg_w = None if foreground_neg_weight is None else foreground_neg_weight.to(dtype)
+
+    per_entry = reduction == "none"
+    if target.is_floating_point():
+        if target.shape != (*rows_shape, num_classes):
+            raise ValueError(
+                f"target: expected float targets of shape {(*rows_shape, num_classes)}, got "
+                f"{tuple(target.shape)}"
+            )
+        if reads_values(validate) and bool(((target < 0) | (target > 1)).any()):
+            raise ValueError("target: expected float targets in [0, 1], got values outside")
+        soft = target.reshape(-1, num_classes).to(dtype)
+        if objectness:
+            background = (soft.sum(1, keepdim=True) == 0).to(dtype)
+            soft = torch.cat([soft, background], dim=1)
+        every_row = torch.ones(soft.shape[0], dtype=torch.bool, device=logits.device)
+        rows = row_weights(every_row, weight, rows_shape, dtype)
+        count = torch.tensor(float(soft.shape[0]), dtype=dtype, device=logits.device)
+        grad_scale = 1.0 / count.clamp_min(1.0) if reduction == "mean" else None
+        kernel = _soft_kernel(soft, rows, pos_w, neg_w, grad_scale, per_entry)
+    else:
+        labels, valid = class_indices(
+            target,
+            rows_shape,
+            num_classes,
+            allow_background=True,
+            background_index=background_index,
+            ignore_index=ignore_index,
+            validate=validate,
+        )
+        if not objectness:
+            # with no background column a background row has no positive entry
+            labels = torch.where(labels == num_classes, num_columns, labels)
+        rows = row_weights(valid, weight, rows_shape, dtype)
+        count = valid.sum().to(dtype)
+        grad_scale = 1.0 / count.clamp_min(1.0) if reduction == "mean" else None
+        kernel = _index_kernel(labels, rows, pos_w, neg_w, fg_neg_w, grad_scale, per_entry)
+    loss, grad, pos_inc, neg_inc = run_blocks(
+        logits,
+        kernel,
+        num_stat_columns=num_columns,
+        channels_first=False,
+        loss_kind="entry" if per_entry else "sum",
+    )
+    if grad_scale is not None:
+        loss = loss * grad_scale
+    loss = attach_gradient(logits, loss, grad)
+    return LossOutput(loss, pos_inc[:num_classes], neg_inc[:num_classes], None)
+
+
+def sigmoid_eql(
+    logits: Tensor,
+    target: Tensor,
+    pos_weight: Tensor,
+    neg_weight: Tensor,
+    *,
+    objectness: bool = False,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    ignore_index: int = -100,
+    background_index: BackgroundIndex = "last",
+    validate: bool = True,
+) -> LossOutput:
+    r"""Stateless Sigmoid-EQL: weighted BCE with explicit per-class factors.
+
+    .. math::
+        L = \frac{1}{N}\sum_{i,j} \big(q_j y_{ij} + r_j (1 - y_{ij})\big)\,
+            \mathrm{BCE}(z_{ij}, y_{ij})
+
+    Args:
+        logits: ``(..., C)``, or ``(..., C + 1)`` with ``objectness=True`` (background
+            column last).
+        target: integer labels ``(...)`` in ``[0, C]`` (``C`` = background) or
+            ``ignore_index``; or float multi-hot targets ``(..., C)``.
+        pos_weight: ``(C,)`` the factors ``q``.
+        neg_weight: ``(C,)`` the factors ``r``.
+        objectness: the reference two-stage layout: a last background column, in the loss
+            with weight 1 and left out of the statistics.
+        weight: optional per-sample weights ``(...)``, scaling loss and statistics.
+        reduction: ``'mean'`` (sum over entries / number of non-ignored samples),
+            ``'sum'`` or ``'none'`` (per entry, the logits' shape).
+        ignore_index: label of rows to drop.
+        background_index: ``'last'`` (label ``C``) or ``'first'`` (label 0, classes 1..C).
+        validate: check label values (skipped under ``torch.compile``).
+
+    Returns:
+        :class:`LossOutput`; the increments are ``|σ(z) - y|·W`` split by ``y``, summed
+        over samples, ``normaliser=None``.
+
+    Shape:
+        - logits: ``(..., C)`` or ``(..., C + 1)``; target: ``(...)`` or ``(..., C)``.
+
+    Example:
+        >>> logits = torch.randn(4, 3, requires_grad=True)
+        >>> q, r = sigmoid_eql_factors(torch.full((3,), 100.0))
+        >>> out = sigmoid_eql(logits, torch.tensor([0, 2, 3, 1]), q, r)
+        >>> out.loss.backward()
+    """
+    return _weighted_bce(
+        logits,
+        target,
+        pos_weight,
+        neg_weight,
+        num_classes=pos_weight.shape[0],
+        objectness=objectness,
+        foreground_neg_weight=None,
+        weight=weight,
+        reduction=reduction,
+        ignore_index=ignore_index,
+        background_index=background_index,
+        validate=validate,
+    )
+
+
+def eql_sigmoid(
+    logits: Tensor,
+    target: Tensor,
+    rare: Tensor,
+    *,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    ignore_index: int = -100,
+    background_index: BackgroundIndex = "last",
+    validate: bool = True,
+) -> LossOutput:
+    r"""Stateless EQL v1, sigmoid form.
+
+    .. math::
+        L = \frac{1}{N}\sum_{i,j} \big(1 - E_i T_j (1 - y_{ij})\big)\,
+            \mathrm{BCE}(z_{ij}, y_{ij})
+
+    ``E_i`` is 1 for a foreground sample, ``T_j`` (``rare``) is 1 for a class whose
+    frequency is under the threshold λ: the negative gradients of rare classes are
+    dropped on foreground samples; background samples keep all of theirs.
+
+    Args:
+        logits: ``(..., C)``.
+        target: integer labels ``(...)`` in ``[0, C]``, ``C`` = background.
+        rare: ``(C,)`` bool or 0/1 float, ``T_j``.
+        weight, reduction, ignore_index, background_index, validate: as
+            :func:`sigmoid_eql`.
+
+    Returns:
+        :class:`LossOutput` with the same statistics as :func:`sigmoid_eql` (used for
+        diagnostics only; EQL v1 does not feed them back).
+
+    Example:
+        >>> logits = torch.randn(4, 3, requires_grad=True)
+        >>> out = eql_sigmoid(logits, torch.tensor([0, 2, 3, 1]), torch.tensor([0, 1, 1]))
+        >>> out.loss.backward()
+    """
+    num_classes = logits.shape[-1] if logits.dim() else 0
+    check_class_vector("rare", rare, num_classes)
+    dtype = compute_dtype(logits)
+    ones = torch.ones(num_classes, dtype=dtype, device=logits.device)
+    if target.is_floating_point():
+        raise ValueError("target: EQL v1 takes integer labels, got float targets")
+    return _weighted_bce(
+        logits,
+        target,
+        ones,
+        ones,
+        num_classes=num_classes,
+        objectness=False,
+        foreground_neg_weight=1.0 - rare.to(dtype),
+        weight=weight,
+        reduction=reduction,
+        ignore_index=ignore_index,
+        background_index=background_index,
+        validate=validate,
+    )

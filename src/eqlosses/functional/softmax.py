@@ -1,0 +1,309 @@
+r"""Cross-entropy on adjusted logits: Softmax-EQL and EQL v1 (softmax form).
+
+Softmax-EQL trains on ``z̃_ij = z_ij + τ log(max(I_j, ε))`` (``I`` the cumulative
+positive, or negative, gradient of class ``j``), a cross-entropy on ``z̃`` averaged over
+samples. The step's statistics are the true gradient w.r.t. the raw logits,
+``(softmax(z̃) - y) / N``, split by target; inference uses the raw logits.
+
+EQL v1's softmax form replaces ``e^{z_k}`` in the denominator by ``w̃_k e^{z_k}`` with
+``w̃_k = 1 - β T_k (1 - y_k)``: a dropped entry is a logit of ``-inf``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ..labels import (
+    Reduction,
+    check_choice,
+    check_class_vector,
+    check_logits,
+    check_same_rows,
+    class_indices,
+    reads_values,
+    row_weights,
+)
+from ._fused import (
+    BlockKernel,
+    BlockResult,
+    LossOutput,
+    attach_gradient,
+    compute_dtype,
+    run_blocks,
+)
+
+__all__ = ["eql_softmax", "softmax_eql", "softmax_eql_adjustment"]
+
+SoftmaxEQLForm = Literal["canonical", "prior"]
+
+
+def softmax_eql_adjustment(
+    indicator: Tensor, tau: float = 1.0, eps: float = 1e-4, form: SoftmaxEQLForm = "canonical"
+) -> Tensor:
+    """Per-class additive logit adjustment of Softmax-EQL from the indicator ``I``.
+
+    ``'canonical'``: ``τ log(max(I_j, ε))``. ``'prior'`` (the reference code's other form):
+    ``log((I_j / Σ_k I_k)^τ + 1e-9)``, zero while ``I`` is all zero. The two differ where
+    ``I_j`` is tiny; see the README.
+    """
+    check_choice("form", form, ("canonical", "prior"))
+    if form == "canonical":
+        return tau * torch.log(indicator.clamp_min(eps))
+    total = indicator.sum()
+    share = indicator / torch.where(total > 0, total, torch.ones_like(total))
+    prior = torch.log(share.pow(tau) + 1e-9)
+    return torch.where(total > 0, prior, torch.zeros_like(prior))
+
+
+def _softmax_kernel(
+    labels: Tensor | None,
+    soft_targets: Tensor | None,
+    rows_weight: Tensor,
+    adjustment: Tensor | None,
+    dropped: Tensor | None,
+    label_smoothing: float,
+    grad_scale: Tensor | None,
+    per_row: bool,
+) -> BlockKernel:
+    def kernel(logits: Tensor, rows: slice, grad: Tensor) -> BlockResult:
+        num_columns = logits.shape[1]
+        weight = rows_weight[rows]
+        adjusted = logits if adjustment is None else logits + adjustment
+        if dropped is not None:
+            adjusted = adjusted.masked_fill(dropped[rows], float("-inf"))
+        log_norm = torch.logsumexp(adjusted, dim=1)
+        torch.sub(adjusted, log_norm.unsqueeze(1), out=grad).exp_()  # softmax(z̃)
+
+        if soft_targets is not None:
+            target = soft_targets[rows].to(logits.dtype)
+            target_mass = target.sum(1)
+            loss = log_norm * target_mass - (target * adjusted).sum(1)
+            grad.mul_(target_mass.unsqueeze(1)).sub_(target)
+            magnitude = grad.abs().mul_(weight.unsqueeze(1))
+            pos_inc = (magnitude * target).sum(0)
+            neg_inc = magnitude.sum(0) - pos_inc
+        else:
+            assert labels is not None
+            label = labels[rows]
+            row = torch.arange(label.shape[0], device=label.device)
+            target_prob = grad[row, label]
+            loss = log_norm - adjusted[row, label]
+            smooth = label_smoothing / num_columns
+            if label_smoothing > 0:
+                loss = (1.0 - label_smoothing) * loss + label_smoothing * (
+                    log_norm - adjusted.mean(1)
+                )
+                grad.sub_(smooth)
+            # The statistics split by the hard label, so the smoothing mass on the other
+            # columns counts as negative gradient.
+            grad[row, label] = 0
+            magnitude = grad.abs() if label_smoothing > 0 else grad
+            neg_inc = weight @ magnitude
+            target_grad = target_prob - (1.0 - label_smoothing) - smooth
+            grad[row, label] = target_grad
+            pos_inc = torch.zeros(num_columns, dtype=logits.dtype, device=logits.device)
+            pos_inc.index_add_(0, label, weight * target_grad.abs())
+        grad.mul_(weight.unsqueeze(1))
+        if grad_scale is not None:
+            grad.mul_(grad_scale)
+        loss = loss * weight
+        return BlockResult(loss if per_row else loss.sum(), pos_inc, neg_inc)
+
+    return kernel
+
+
+def _cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    num_classes: int,
+    adjustment: Tensor | None,
+    dropped: Tensor | None,
+    weight: Tensor | None,
+    reduction: Reduction,
+    ignore_index: int,
+    label_smoothing: float,
+    validate: bool,
+) -> LossOutput:
+    check_choice("reduction", reduction, ("mean", "sum", "none"))
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing: expected a number in [0, 1], got {label_smoothing}")
+    class_dim = 1 if logits.dim() > 2 else -1
+    check_logits(logits, num_classes, class_dim=class_dim)
+    dtype = compute_dtype(logits)
+    rows_shape = (logits.shape[0], *logits.shape[2:]) if class_dim == 1 else logits.shape[:-1]
+
+    labels: Tensor | None = None
+    soft: Tensor | None = None
+    if target.is_floating_point():
+        if logits.dim() != 2 or target.shape != logits.shape:
+            raise ValueError(
+                f"target: expected soft targets of shape {tuple(logits.shape)} for (N, C) "
+                f"logits, got {tuple(target.shape)}"
+            )
+        if reads_values(validate) and bool((target < 0).any()):
+            raise ValueError("target: expected non-negative soft targets, got negative values")
+        soft = target
+        valid = torch.ones(target.shape[0], dtype=torch.bool, device=target.device)
+    else:
+        canonical, valid = class_indices(
+            target,
+            rows_shape,
+            num_classes,
+            allow_background=False,
+            ignore_index=ignore_index,
+            validate=validate,
+        )
+        # ignored rows weigh 0; any in-range label keeps the gathers valid
+        labels = torch.where(valid, canonical, 0)
+    rows = row_weights(valid, weight, rows_shape, dtype)
+    count = valid.sum().to(dtype)
+    grad_scale = 1.0 / count.clamp_min(1.0) if reduction == "mean" else None
+    per_row = reduction == "none"
+    kernel = _softmax_kernel(
+        labels,
+        soft,
+        rows,
+        None if adjustment is None else adjustment.to(dtype),
+        dropped,
+        label_smoothing,
+        grad_scale,
+        per_row,
+    )
+    loss, grad, pos_inc, neg_inc = run_blocks(
+        logits,
+        kernel,
+        num_stat_columns=num_classes,
+        channels_first=class_dim == 1,
+        loss_kind="row" if per_row else "sum",
+    )
+    if grad_scale is not None:
+        loss = loss * grad_scale
+    loss = attach_gradient(logits, loss, grad, class_dim=1)
+    return LossOutput(loss, pos_inc, neg_inc, count if reduction == "mean" else None)
+
+
+def softmax_eql(
+    logits: Tensor,
+    target: Tensor,
+    adjustment: Tensor,
+    *,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    validate: bool = True,
+) -> LossOutput:
+    r"""Stateless Softmax-EQL: cross-entropy on ``logits + adjustment``.
+
+    .. math::
+        L = -\frac{1}{N}\sum_i \sum_j t_{ij} \log \mathrm{softmax}(z_i + a)_j,
+        \qquad a_j = τ \log\max(I_j, ε)
+
+    Args:
+        logits: ``(N, C)`` or ``(N, C, d1, ...)`` (per pixel).
+        target: integer labels ``(N)`` / ``(N, d1, ...)`` in ``[0, C)`` or
+            ``ignore_index``; or soft targets ``(N, C)``.
+        adjustment: ``(C,)`` the additive adjustment ``a`` (see
+            :func:`softmax_eql_adjustment`).
+        weight: optional per-sample weights, the shape of the labels.
+        reduction: ``'mean'`` over non-ignored samples, ``'sum'``, or ``'none'``
+            (per sample).
+        ignore_index: label of samples to drop.
+        label_smoothing: as in :func:`torch.nn.functional.cross_entropy`.
+        validate: check label values (skipped under ``torch.compile``).
+
+    Returns:
+        :class:`LossOutput`: increments ``|softmax(z̃) - t|`` split by the label (soft
+        targets: weighted by ``t`` and ``1 - t``), ``normaliser`` = number of samples for
+        ``'mean'``.
+
+    Shape:
+        - logits: ``(N, C)`` or ``(N, C, d1, ...)``; target: ``(N)``, ``(N, d1, ...)`` or
+          ``(N, C)``.
+
+    Example:
+        >>> logits = torch.randn(4, 3, requires_grad=True)
+        >>> adjustment = softmax_eql_adjustment(torch.tensor([5.0, 1.0, 0.0]))
+        >>> out = softmax_eql(logits, torch.tensor([0, 2, 1, 0]), adjustment)
+        >>> out.loss.backward()
+    """
+    num_classes = logits.shape[1] if logits.dim() >= 2 else -1
+    check_class_vector("adjustment", adjustment, num_classes)
+    return _cross_entropy(
+        logits,
+        target,
+        num_classes=num_classes,
+        adjustment=adjustment,
+        dropped=None,
+        weight=weight,
+        reduction=reduction,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        validate=validate,
+    )
+
+
+def eql_softmax(
+    logits: Tensor,
+    target: Tensor,
+    rare: Tensor,
+    drop_prob: float,
+    *,
+    generator: torch.Generator | None = None,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    ignore_index: int = -100,
+    validate: bool = True,
+) -> LossOutput:
+    r"""Stateless EQL v1, softmax form.
+
+    .. math::
+        \tilde p_j = \frac{e^{z_j}}{\sum_k \tilde w_k e^{z_k}}, \qquad
+        \tilde w_k = 1 - β\,T_k\,(1 - y_k), \quad β \sim \mathrm{Bernoulli}(γ)
+
+    ``β`` is drawn per (sample, class) entry as
+    ``torch.rand(logits.shape, generator=generator) < drop_prob``.
+
+    Args:
+        logits: ``(N, C)``.
+        target: integer labels ``(N,)`` in ``[0, C)`` or ``ignore_index``.
+        rare: ``(C,)`` bool or 0/1, ``T_k``.
+        drop_prob: ``γ``, the probability that a rare negative is dropped.
+        generator: the random source of ``β`` (seed it for reproducible runs).
+
+    Example:
+        >>> logits = torch.randn(4, 3, requires_grad=True)
+        >>> out = eql_softmax(logits, torch.tensor([0, 2, 1, 0]), torch.tensor([0, 1, 1]), 0.9)
+        >>> out.loss.backward()
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"logits: expected shape (N, C), got {tuple(logits.shape)}")
+    if not 0.0 <= drop_prob <= 1.0:
+        raise ValueError(f"drop_prob: expected a probability in [0, 1], got {drop_prob}")
+    num_classes = logits.shape[1]
+    check_class_vector("rare", rare, num_classes)
+    check_same_rows("target", target, logits.shape[:1])
+    if target.is_floating_point():
+        raise ValueError(f"target: EQL v1 takes integer labels, got dtype {target.dtype}")
+    draw = torch.rand(logits.shape, generator=generator, device=logits.device) < drop_prob
+    is_target = torch.zeros_like(draw)
+    in_range = (target >= 0) & (target < num_classes)
+    rows = torch.nonzero(in_range).squeeze(1)
+    is_target[rows, target[rows].long()] = True
+    dropped = draw & rare.to(device=logits.device, dtype=torch.bool) & ~is_target
+    return _cross_entropy(
+        logits,
+        target,
+        num_classes=num_classes,
+        adjustment=None,
+        dropped=dropped,
+        weight=weight,
+        reduction=reduction,
+        ignore_index=ignore_index,
+        label_smoothing=0.0,
+        validate=validate,
+    )

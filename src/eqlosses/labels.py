@@ -1,0 +1,141 @@
+"""One label convention for every loss, and the checks whose errors users see.
+
+``num_classes`` is the number ``C`` of foreground classes.
+
+* Sigmoid losses take integer labels in ``[0, C)``; label ``C`` is background (an
+  all-zero target row, or the background column with ``objectness=True``).
+* Softmax losses take labels in ``[0, C)``.
+* Rows whose label equals ``ignore_index`` (default -100) are dropped everywhere.
+* ``background_index="first"`` accepts the layout where 0 is background and the classes
+  are ``1..C``; it is translated to the one above.
+
+Every check raises a ``ValueError`` that names the argument, what was expected and what
+came. Shape checks always run; checks that read tensor values (the label range) can be
+switched off with ``validate=False`` and are skipped under ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Reduction = Literal["mean", "sum", "none"]
+BackgroundIndex = Literal["last", "first"]
+
+REDUCTIONS = ("mean", "sum", "none")
+BACKGROUND_INDICES = ("last", "first")
+
+
+def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
+    """Raise unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        expected = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name}: expected one of {expected}, got {value!r}")
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    if not (value > 0 or (allow_zero and value == 0)):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name}: expected a number {bound}, got {value!r}")
+
+
+def reads_values(validate: bool) -> bool:
+    """Whether value-reading checks run: asked for, and not inside ``torch.compile``."""
+    return validate and not torch.compiler.is_compiling()
+
+
+def check_logits(logits: Tensor, num_columns: int, *, class_dim: int = -1) -> None:
+    """Floating logits whose class dimension has ``num_columns`` entries."""
+    if not isinstance(logits, Tensor):
+        raise ValueError(f"logits: expected a torch.Tensor, got {type(logits).__name__}")
+    if not logits.is_floating_point():
+        raise ValueError(f"logits: expected a floating-point tensor, got dtype {logits.dtype}")
+    if logits.dim() < 1 or (class_dim == 1 and logits.dim() < 2):
+        raise ValueError(
+            f"logits: expected a class dimension at dim {class_dim}, got shape "
+            f"{tuple(logits.shape)}"
+        )
+    if logits.shape[class_dim] != num_columns:
+        raise ValueError(
+            f"logits: expected {num_columns} class columns at dim {class_dim}, got shape "
+            f"{tuple(logits.shape)} ({logits.shape[class_dim]} columns)"
+        )
+
+
+def check_same_rows(name: str, tensor: Tensor, rows_shape: Sequence[int]) -> None:
+    if tuple(tensor.shape) != tuple(rows_shape):
+        raise ValueError(
+            f"{name}: expected shape {tuple(rows_shape)} to match the logits, got "
+            f"{tuple(tensor.shape)}"
+        )
+
+
+def check_class_vector(name: str, tensor: Tensor, num_classes: int) -> None:
+    if tensor.shape != (num_classes,):
+        raise ValueError(f"{name}: expected shape ({num_classes},), got {tuple(tensor.shape)}")
+
+
+def class_indices(
+    target: Tensor,
+    rows_shape: Sequence[int],
+    num_classes: int,
+    *,
+    allow_background: bool,
+    background_index: BackgroundIndex = "last",
+    ignore_index: int = -100,
+    validate: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Integer labels → flat canonical labels and a flat mask of the rows that count.
+
+    Returns ``(labels, valid)`` of length ``prod(rows_shape)``: labels in ``[0, C)`` for
+    foreground rows and ``C`` for background rows (only where ``allow_background``);
+    ignored rows get label ``C`` and ``valid`` False.
+    """
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise ValueError(f"target: expected integer class labels, got dtype {target.dtype}")
+    check_same_rows("target", target, rows_shape)
+    check_choice("background_index", background_index, BACKGROUND_INDICES)
+    labels = target.reshape(-1).long()
+    valid = labels != ignore_index
+    if reads_values(validate):
+        highest = num_classes if allow_background else num_classes - 1
+        lowest = 0
+        if background_index == "first" and allow_background:
+            lowest, highest = 0, num_classes
+        bad = valid & ((labels < lowest) | (labels > highest))
+        if bool(bad.any()):
+            first_bad = int(labels[bad][0])
+            what = (
+                f"labels in [0, {num_classes}] (0 = background, 1..{num_classes} = classes)"
+                if background_index == "first" and allow_background
+                else f"labels in [0, {num_classes}] ({num_classes} = background)"
+                if allow_background
+                else f"labels in [0, {num_classes - 1}]"
+            )
+            raise ValueError(
+                f"target: expected {what} or ignore_index={ignore_index}, got {first_bad}"
+            )
+    if allow_background and background_index == "first":
+        labels = torch.where(labels == 0, num_classes, labels - 1)
+    labels = torch.where(valid, labels, torch.full_like(labels, num_classes))
+    return labels, valid
+
+
+def row_weights(
+    valid: Tensor, weight: Tensor | None, rows_shape: Sequence[int], dtype: torch.dtype
+) -> Tensor:
+    """Per-row multiplier: 0 for ignored rows, else the optional per-sample ``weight``.
+
+    ``weight`` has the shape of the label tensor; its entries scale both the loss and the
+    statistics of their row.
+    """
+    rows = valid.to(dtype)
+    if weight is None:
+        return rows
+    if not isinstance(weight, Tensor) or not weight.is_floating_point():
+        raise ValueError("weight: expected a floating-point tensor of per-sample weights")
+    check_same_rows("weight", weight, rows_shape)
+    return rows * weight.reshape(-1).to(dtype)

@@ -1,0 +1,133 @@
+"""Cumulative per-class gradient statistics shared by every equalization loss.
+
+The losses keep, per class ``j``, the accumulated magnitude of the gradient that the
+loss sent to the logits of class ``j`` on positive entries (``pos_grad``) and on negative
+entries (``neg_grad``). Their ratio ``g_j = pos_grad_j / (neg_grad_j + 1e-10)`` drives
+the re-weighting. This module owns those sums: storage, update, synchronisation across
+processes and the dtype guard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+RATIO_EPS = 1e-10
+
+
+class GradientStatistics(nn.Module):
+    """Cumulative positive / negative gradient magnitudes of ``num_classes`` classes.
+
+    Args:
+        num_classes: number of classes ``C`` tracked.
+        initial_ratio: the ratio ``g`` reported before the first update (100 for
+            Sigmoid-EQL so its weights start at 1, 1 for EFL).
+        process_group: the group whose ranks share the statistics; ``None`` is the default
+            group. Nothing is communicated unless ``torch.distributed`` is initialised.
+
+    Buffers (all in ``state_dict``):
+        pos_grad, neg_grad: float64 ``(C,)`` cumulative sums. They stay float64 when the
+            parent model is cast with ``.half()``, ``.to(torch.bfloat16)`` or ``.double()``:
+            a cumulative sum in float16 overflows at 65504.
+        num_updates: int64 scalar, the number of accepted updates. "Not yet updated" is
+            state, so that a resumed run keeps the initial ratio when it should.
+
+    Each call of :meth:`update` adds one step. Under gradient accumulation every forward
+    adds its own increments, so statistics follow micro-batches, not optimiser steps.
+    """
+
+    pos_grad: Tensor
+    neg_grad: Tensor
+    num_updates: Tensor
+
+    def __init__(
+        self,
+        num_classes: int,
+        initial_ratio: float,
+        process_group: dist.ProcessGroup | None = None,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes: expected a positive integer, got {num_classes}")
+        self.num_classes = num_classes
+        self.initial_ratio = float(initial_ratio)
+        self.process_group = process_group
+        self.register_buffer("pos_grad", torch.zeros(num_classes, dtype=torch.float64))
+        self.register_buffer("neg_grad", torch.zeros(num_classes, dtype=torch.float64))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64))
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, initial_ratio={self.initial_ratio}"
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> GradientStatistics:
+        # Follow device moves but never a dtype change: re-cast from the untouched
+        # float64 original so no precision is lost on the way.
+        for name, buffer in self._buffers.items():
+            if buffer is None:
+                continue
+            moved = fn(buffer)
+            if moved.dtype != buffer.dtype:
+                moved = buffer.to(device=moved.device, dtype=buffer.dtype)
+            self._buffers[name] = moved
+        return self
+
+    @property
+    def grad_ratio(self) -> Tensor:
+        """``g = pos_grad / (neg_grad + 1e-10)``, float64 ``(C,)``; the initial ratio
+        until the first update."""
+        ratio = self.pos_grad / (self.neg_grad + RATIO_EPS)
+        return torch.where(self.num_updates > 0, ratio, torch.full_like(ratio, self.initial_ratio))
+
+    @torch.no_grad()
+    def reset_statistics(self) -> None:
+        """Forget every update: zero sums and the initial ratio again."""
+        self.pos_grad.zero_()
+        self.neg_grad.zero_()
+        self.num_updates.zero_()
+
+    @torch.no_grad()
+    def update(
+        self,
+        pos_increment: Tensor,
+        neg_increment: Tensor,
+        normaliser: Tensor | float | None = None,
+    ) -> bool:
+        """Add one step's increments; returns whether the step was accepted.
+
+        ``pos_increment`` and ``neg_increment`` are this process's unnormalised sums for
+        the step. ``normaliser`` (a count such as the number of samples or of positives)
+        divides them *after* both have been summed over the ranks, so every rank ends up
+        with the statistics of one process fed the union of the ranks' batches. A summed
+        normaliser below 1 counts as 1. ``None`` means no normalisation.
+
+        Every rank must call this the same number of times (a rank with an empty batch
+        passes zeros), since it joins one all-reduce. A step whose summed increments are
+        not finite is dropped, decided after the all-reduce so all ranks agree.
+        """
+        num_classes = self.num_classes
+        if pos_increment.shape != (num_classes,) or neg_increment.shape != (num_classes,):
+            raise ValueError(
+                f"pos_increment/neg_increment: expected shape ({num_classes},), got "
+                f"{tuple(pos_increment.shape)} and {tuple(neg_increment.shape)}"
+            )
+        device = self.pos_grad.device
+        norm = torch.as_tensor(1.0 if normaliser is None else normaliser, dtype=torch.float64)
+        packed = torch.cat(
+            [
+                pos_increment.detach().to(device=device, dtype=torch.float64),
+                neg_increment.detach().to(device=device, dtype=torch.float64),
+                norm.to(device).reshape(1),
+            ]
+        )
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=self.process_group)
+        if not bool(torch.isfinite(packed).all()):
+            return False
+        scale = packed.new_ones(()) if normaliser is None else 1.0 / packed[-1].clamp_min(1.0)
+        self.pos_grad.add_(packed[:num_classes] * scale)
+        self.neg_grad.add_(packed[num_classes : 2 * num_classes] * scale)
+        self.num_updates.add_(1)
+        return True
