@@ -94,8 +94,8 @@ class GradientStatistics(nn.Module):
         pos_increment: Tensor,
         neg_increment: Tensor,
         normaliser: Tensor | float | None = None,
-    ) -> bool:
-        """Add one step's increments; returns whether the step was accepted.
+    ) -> Tensor:
+        """Add one step's increments; returns a bool tensor: was the step accepted.
 
         ``pos_increment`` and ``neg_increment`` are this process's unnormalised sums for
         the step. ``normaliser`` (a count such as the number of samples or of positives)
@@ -124,10 +124,12 @@ class GradientStatistics(nn.Module):
         )
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=self.process_group)
-        if not bool(torch.isfinite(packed).all()):
-            return False
+        # Decided on the reduced values, without a host sync: every rank sees the same
+        # sums and so accepts or drops the step alike.
+        accepted = torch.isfinite(packed).all()
         scale = packed.new_ones(()) if normaliser is None else 1.0 / packed[-1].clamp_min(1.0)
-        self.pos_grad.add_(packed[:num_classes] * scale)
-        self.neg_grad.add_(packed[num_classes : 2 * num_classes] * scale)
-        self.num_updates.add_(1)
-        return True
+        packed = torch.where(accepted, packed * scale, torch.zeros_like(packed))
+        self.pos_grad.add_(packed[:num_classes])
+        self.neg_grad.add_(packed[num_classes : 2 * num_classes])
+        self.num_updates.add_(accepted.to(self.num_updates.dtype))
+        return accepted
