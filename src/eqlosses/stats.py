@@ -18,6 +18,24 @@ from torch import Tensor, nn
 RATIO_EPS = 1e-10
 
 
+def all_reduce_sum(tensor: Tensor, process_group: dist.ProcessGroup | None) -> None:
+    """Sum ``tensor`` in place over the ranks; nothing without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=process_group)
+
+
+def _keep_float64(module: nn.Module, fn: Callable[[Tensor], Tensor]) -> None:
+    # Follow device moves but never a dtype change: re-cast from the untouched original
+    # so a cumulative sum loses no precision (float16 overflows at 65504).
+    for name, buffer in module._buffers.items():
+        if buffer is None:
+            continue
+        moved = fn(buffer)
+        if moved.dtype != buffer.dtype:
+            moved = buffer.to(device=moved.device, dtype=buffer.dtype)
+        module._buffers[name] = moved
+
+
 class GradientStatistics(nn.Module):
     """Cumulative positive / negative gradient magnitudes of ``num_classes`` classes.
 
@@ -63,15 +81,7 @@ class GradientStatistics(nn.Module):
         return f"num_classes={self.num_classes}, initial_ratio={self.initial_ratio}"
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> GradientStatistics:
-        # Follow device moves but never a dtype change: re-cast from the untouched
-        # float64 original so no precision is lost on the way.
-        for name, buffer in self._buffers.items():
-            if buffer is None:
-                continue
-            moved = fn(buffer)
-            if moved.dtype != buffer.dtype:
-                moved = buffer.to(device=moved.device, dtype=buffer.dtype)
-            self._buffers[name] = moved
+        _keep_float64(self, fn)
         return self
 
     @property
@@ -122,8 +132,7 @@ class GradientStatistics(nn.Module):
                 norm.to(device).reshape(1),
             ]
         )
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=self.process_group)
+        all_reduce_sum(packed, self.process_group)
         # Decided on the reduced values, without a host sync: every rank sees the same
         # sums and so accepts or drops the step alike.
         accepted = torch.isfinite(packed).all()
@@ -133,3 +142,44 @@ class GradientStatistics(nn.Module):
         self.neg_grad.add_(packed[num_classes : 2 * num_classes])
         self.num_updates.add_(accepted.to(self.num_updates.dtype))
         return accepted
+
+
+class ClassCounts(nn.Module):
+    """Cumulative per-class sample counts (Seesaw's ``N_j``), summed across ranks.
+
+    Buffer ``counts``: float64 ``(C,)`` in ``state_dict``, kept float64 like
+    :class:`GradientStatistics`. :meth:`update` adds this step's per-class counts after an
+    all-reduce, so every rank holds the counts of the union of the batches.
+    """
+
+    counts: Tensor
+
+    def __init__(self, num_classes: int, process_group: dist.ProcessGroup | None = None) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes: expected a positive integer, got {num_classes}")
+        self.num_classes = num_classes
+        self.process_group = process_group
+        self.register_buffer("counts", torch.zeros(num_classes, dtype=torch.float64))
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> ClassCounts:
+        _keep_float64(self, fn)
+        return self
+
+    @torch.no_grad()
+    def update(self, labels: Tensor, weight: Tensor | None = None) -> None:
+        """Count ``labels`` (values outside ``[0, C)`` are not counted)."""
+        labels = labels.reshape(-1).to(self.counts.device)
+        counted = (labels >= 0) & (labels < self.num_classes)
+        amount = counted.to(torch.float64)
+        if weight is not None:
+            amount = amount * weight.reshape(-1).to(self.counts.device, torch.float64)
+        step = torch.zeros_like(self.counts).index_add_(
+            0, labels.clamp(0, self.num_classes - 1), amount
+        )
+        all_reduce_sum(step, self.process_group)
+        self.counts.add_(step)
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        self.counts.zero_()

@@ -11,6 +11,7 @@ EQL v1's softmax form replaces ``e^{z_k}`` in the denominator by ``w̃_k e^{z_k}
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -39,6 +40,10 @@ __all__ = ["eql_softmax", "softmax_eql", "softmax_eql_adjustment"]
 
 SoftmaxEQLForm = Literal["canonical", "prior"]
 
+# Given a block of (already class-adjusted) logits and the rows it covers, returns the
+# block with a per-entry adjustment added; constant for autograd.
+EntryAdjustment = Callable[[Tensor, slice], Tensor]
+
 
 def softmax_eql_adjustment(
     indicator: Tensor, tau: float = 1.0, eps: float = 1e-4, form: SoftmaxEQLForm = "canonical"
@@ -63,7 +68,7 @@ def _softmax_kernel(
     soft_targets: Tensor | None,
     rows_weight: Tensor,
     adjustment: Tensor | None,
-    dropped: Tensor | None,
+    entry_adjustment: EntryAdjustment | None,
     label_smoothing: float,
     grad_scale: Tensor | None,
     per_row: bool,
@@ -72,8 +77,8 @@ def _softmax_kernel(
         num_columns = logits.shape[1]
         weight = rows_weight[rows]
         adjusted = logits if adjustment is None else logits + adjustment
-        if dropped is not None:
-            adjusted = adjusted.masked_fill(dropped[rows], float("-inf"))
+        if entry_adjustment is not None:
+            adjusted = entry_adjustment(adjusted, rows)
         log_norm = torch.logsumexp(adjusted, dim=1)
         torch.sub(adjusted, log_norm.unsqueeze(1), out=grad).exp_()  # softmax(z̃)
 
@@ -115,19 +120,25 @@ def _softmax_kernel(
     return kernel
 
 
-def _cross_entropy(
+def cross_entropy_blocks(
     logits: Tensor,
     target: Tensor,
     *,
     num_classes: int,
     adjustment: Tensor | None,
-    dropped: Tensor | None,
+    entry_adjustment: EntryAdjustment | None,
     weight: Tensor | None,
     reduction: Reduction,
     ignore_index: int,
     label_smoothing: float,
     validate: bool,
 ) -> LossOutput:
+    """The fused cross-entropy every softmax-family loss runs on.
+
+    Cross-entropy on ``logits + adjustment`` (a per-class vector) plus, per block, an
+    ``entry_adjustment`` (per sample and class, e.g. EQL's dropped entries or Seesaw's
+    ``log S``); both are constants for autograd. Statistics as :func:`softmax_eql`.
+    """
     check_choice("reduction", reduction, ("mean", "sum", "none"))
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing: expected a number in [0, 1], got {label_smoothing}")
@@ -168,7 +179,7 @@ def _cross_entropy(
         soft,
         rows,
         None if adjustment is None else adjustment.to(dtype),
-        dropped,
+        entry_adjustment,
         label_smoothing,
         grad_scale,
         per_row,
@@ -233,12 +244,12 @@ def softmax_eql(
     """
     num_classes = logits.shape[1] if logits.dim() >= 2 else -1
     check_class_vector("adjustment", adjustment, num_classes)
-    return _cross_entropy(
+    return cross_entropy_blocks(
         logits,
         target,
         num_classes=num_classes,
         adjustment=adjustment,
-        dropped=None,
+        entry_adjustment=None,
         weight=weight,
         reduction=reduction,
         ignore_index=ignore_index,
@@ -295,12 +306,12 @@ def eql_softmax(
     rows = torch.nonzero(in_range).squeeze(1)
     is_target[rows, target[rows].long()] = True
     dropped = draw & rare.to(device=logits.device, dtype=torch.bool) & ~is_target
-    return _cross_entropy(
+    return cross_entropy_blocks(
         logits,
         target,
         num_classes=num_classes,
         adjustment=None,
-        dropped=dropped,
+        entry_adjustment=lambda block, rows: block.masked_fill(dropped[rows], float("-inf")),
         weight=weight,
         reduction=reduction,
         ignore_index=ignore_index,
