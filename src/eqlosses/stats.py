@@ -167,13 +167,10 @@ class ClassCounts(nn.Module):
         return self
 
     @torch.no_grad()
-    def update(self, labels: Tensor, weight: Tensor | None = None) -> None:
+    def update(self, labels: Tensor) -> None:
         """Count ``labels`` (values outside ``[0, C)`` are not counted)."""
         labels = labels.reshape(-1).to(self.counts.device)
-        counted = (labels >= 0) & (labels < self.num_classes)
-        amount = counted.to(torch.float64)
-        if weight is not None:
-            amount = amount * weight.reshape(-1).to(self.counts.device, torch.float64)
+        amount = ((labels >= 0) & (labels < self.num_classes)).to(torch.float64)
         step = torch.zeros_like(self.counts).index_add_(
             0, labels.clamp(0, self.num_classes - 1), amount
         )
