@@ -1,16 +1,30 @@
 """Gradient-driven equalization losses for long-tailed recognition."""
 
 from . import functional
-from .losses import EQL, EqualizedFocalLoss, EqualizedQualityFocalLoss, SigmoidEQL, SoftmaxEQL
+from .losses import (
+    EQL,
+    BalancedSoftmax,
+    ClassBalancedLoss,
+    EqualizedFocalLoss,
+    EqualizedQualityFocalLoss,
+    FocalLoss,
+    SeesawLoss,
+    SigmoidEQL,
+    SoftmaxEQL,
+)
 from .stats import GradientStatistics
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EQL",
+    "BalancedSoftmax",
+    "ClassBalancedLoss",
     "EqualizedFocalLoss",
     "EqualizedQualityFocalLoss",
+    "FocalLoss",
     "GradientStatistics",
+    "SeesawLoss",
     "SigmoidEQL",
     "SoftmaxEQL",
     "__version__",

@@ -73,6 +73,14 @@ def check_same_rows(name: str, tensor: Tensor, rows_shape: Sequence[int]) -> Non
         )
 
 
+def class_vector_length(name: str, tensor: Tensor) -> int:
+    """The number of classes a per-class vector gives (it must be 1-D)."""
+    if not isinstance(tensor, Tensor) or tensor.dim() != 1:
+        shape = tuple(tensor.shape) if isinstance(tensor, Tensor) else type(tensor).__name__
+        raise ValueError(f"{name}: expected a 1-D per-class tensor (C,), got {shape}")
+    return tensor.shape[0]
+
+
 def check_class_vector(name: str, tensor: Tensor, num_classes: int) -> None:
     if tensor.shape != (num_classes,):
         raise ValueError(f"{name}: expected shape ({num_classes},), got {tuple(tensor.shape)}")

@@ -24,7 +24,7 @@ def all_reduce_sum(tensor: Tensor, process_group: dist.ProcessGroup | None) -> N
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=process_group)
 
 
-def _keep_float64(module: nn.Module, fn: Callable[[Tensor], Tensor]) -> None:
+def keep_float64(module: nn.Module, fn: Callable[[Tensor], Tensor]) -> None:
     # Follow device moves but never a dtype change: re-cast from the untouched original
     # so a cumulative sum loses no precision (float16 overflows at 65504).
     for name, buffer in module._buffers.items():
@@ -81,7 +81,7 @@ class GradientStatistics(nn.Module):
         return f"num_classes={self.num_classes}, initial_ratio={self.initial_ratio}"
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> GradientStatistics:
-        _keep_float64(self, fn)
+        keep_float64(self, fn)
         return self
 
     @property
@@ -104,6 +104,9 @@ class GradientStatistics(nn.Module):
         pos_increment: Tensor,
         neg_increment: Tensor,
         normaliser: Tensor | float | None = None,
+        *,
+        num_samples: Tensor | float = 1.0,
+        finite: Tensor | bool = True,
     ) -> Tensor:
         """Add one step's increments; returns a bool tensor: was the step accepted.
 
@@ -113,9 +116,12 @@ class GradientStatistics(nn.Module):
         with the statistics of one process fed the union of the ranks' batches. A summed
         normaliser below 1 counts as 1. ``None`` means no normalisation.
 
+        The step is dropped when, summed over the ranks, an increment is not finite, any
+        rank reports ``finite=False`` (its loss was not finite), or no rank had a sample
+        (``num_samples``): an empty step must not end the "not yet updated" state.
+
         Every rank must call this the same number of times (a rank with an empty batch
-        passes zeros), since it joins one all-reduce. A step whose summed increments are
-        not finite is dropped, decided after the all-reduce so all ranks agree.
+        passes zeros), since it joins one all-reduce.
         """
         num_classes = self.num_classes
         if pos_increment.shape != (num_classes,) or neg_increment.shape != (num_classes,):
@@ -124,22 +130,32 @@ class GradientStatistics(nn.Module):
                 f"{tuple(pos_increment.shape)} and {tuple(neg_increment.shape)}"
             )
         device = self.pos_grad.device
-        norm = torch.as_tensor(1.0 if normaliser is None else normaliser, dtype=torch.float64)
+
+        def scalar(value: Tensor | float | bool) -> Tensor:
+            return torch.as_tensor(value, dtype=torch.float64).to(device).reshape(1)
+
         packed = torch.cat(
             [
                 pos_increment.detach().to(device=device, dtype=torch.float64),
                 neg_increment.detach().to(device=device, dtype=torch.float64),
-                norm.to(device).reshape(1),
+                scalar(1.0 if normaliser is None else normaliser),
+                scalar(num_samples),
+                1.0 - scalar(finite),
             ]
         )
         all_reduce_sum(packed, self.process_group)
         # Decided on the reduced values, without a host sync: every rank sees the same
         # sums and so accepts or drops the step alike.
-        accepted = torch.isfinite(packed).all()
-        scale = packed.new_ones(()) if normaliser is None else 1.0 / packed[-1].clamp_min(1.0)
-        packed = torch.where(accepted, packed * scale, torch.zeros_like(packed))
-        self.pos_grad.add_(packed[:num_classes])
-        self.neg_grad.add_(packed[num_classes : 2 * num_classes])
+        increments = packed[: 2 * num_classes + 1]
+        accepted = torch.isfinite(increments).all() & (packed[-2] > 0) & (packed[-1] == 0)
+        scale = (
+            packed.new_ones(())
+            if normaliser is None
+            else 1.0 / packed[2 * num_classes].clamp_min(1.0)
+        )
+        increments = torch.where(accepted, increments * scale, torch.zeros_like(increments))
+        self.pos_grad.add_(increments[:num_classes])
+        self.neg_grad.add_(increments[num_classes : 2 * num_classes])
         self.num_updates.add_(accepted.to(self.num_updates.dtype))
         return accepted
 
@@ -163,7 +179,7 @@ class ClassCounts(nn.Module):
         self.register_buffer("counts", torch.zeros(num_classes, dtype=torch.float64))
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> ClassCounts:
-        _keep_float64(self, fn)
+        keep_float64(self, fn)
         return self
 
     @torch.no_grad()

@@ -6,18 +6,32 @@ use; the modules in :mod:`eqlosses.losses` add the statistics that produce the f
 
 from ._fused import LossOutput
 from .focal import equalized_focal_factors, equalized_focal_loss, equalized_quality_focal_loss
+from .peers import (
+    balanced_softmax,
+    balanced_softmax_adjustment,
+    class_balanced_cross_entropy,
+    class_balanced_weights,
+    seesaw_loss,
+    sigmoid_focal_loss,
+)
 from .sigmoid import eql_sigmoid, sigmoid_eql, sigmoid_eql_factors
 from .softmax import eql_softmax, softmax_eql, softmax_eql_adjustment
 
 __all__ = [
     "LossOutput",
+    "balanced_softmax",
+    "balanced_softmax_adjustment",
+    "class_balanced_cross_entropy",
+    "class_balanced_weights",
     "eql_sigmoid",
     "eql_softmax",
     "equalized_focal_factors",
     "equalized_focal_loss",
     "equalized_quality_focal_loss",
+    "seesaw_loss",
     "sigmoid_eql",
     "sigmoid_eql_factors",
+    "sigmoid_focal_loss",
     "softmax_eql",
     "softmax_eql_adjustment",
 ]

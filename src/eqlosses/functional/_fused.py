@@ -9,6 +9,7 @@ stored in float32 (float64 for float64 logits) and attached to the loss with
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -29,12 +30,14 @@ class LossOutput(NamedTuple):
         neg_increment: ``(C,)`` the same for negative entries.
         normaliser: the count that divides the increments once they are summed over
             processes (``None``: the statistics are not normalised).
+        num_samples: the number of samples (rows) that were not ignored.
     """
 
     loss: Tensor
     pos_increment: Tensor
     neg_increment: Tensor
     normaliser: Tensor | None
+    num_samples: Tensor
 
 
 def compute_dtype(logits: Tensor) -> torch.dtype:
@@ -61,6 +64,9 @@ def _blocks(num_rows: int, num_columns: int) -> Iterator[slice]:
         yield slice(start, min(start + step, num_rows))
 
 
+# torch.compile would unroll the block loop into thousands of graph nodes for a detector
+# head; the blocks are fused by hand already, so the compiled graph breaks here on purpose.
+@torch.compiler.disable
 def run_blocks(
     logits: Tensor,
     kernel: BlockKernel,
@@ -86,9 +92,9 @@ def run_blocks(
 
     if channels_first:
         batch, num_columns = logits.shape[0], logits.shape[1]
-        logits_3d = logits.reshape(batch, num_columns, -1)
-        grad_3d = grad.view(batch, num_columns, -1)
-        positions = logits_3d.shape[2]
+        positions = math.prod(logits.shape[2:])
+        logits_3d = logits.reshape(batch, num_columns, positions)
+        grad_3d = grad.view(batch, num_columns, positions)
         views: list[tuple[slice, Tensor, Tensor]] = []
         for n in range(batch):
             for block in _blocks(positions, num_columns):
@@ -103,15 +109,17 @@ def run_blocks(
         loss_shape = tuple(logits.shape) if loss_kind == "entry" else tuple(logits.shape[:-1])
 
     parts: list[Tensor] = []
-    for rows, logit_view, grad_view in views:
-        block_logits = logit_view.to(dtype).contiguous()
-        work = grad_view if grad_view.is_contiguous() else torch.empty_like(block_logits)
-        result = kernel(block_logits, rows, work)
-        if work is not grad_view:
-            grad_view.copy_(work)
-        pos_total += result.pos_increment
-        neg_total += result.neg_increment
-        parts.append(result.loss)
+    # The kernels choose their own precision; autocast must not lower their products.
+    with torch.autocast(device.type, enabled=False):
+        for rows, logit_view, grad_view in views:
+            block_logits = logit_view.to(dtype).contiguous()
+            work = grad_view if grad_view.is_contiguous() else torch.empty_like(block_logits)
+            result = kernel(block_logits, rows, work)
+            if work is not grad_view:
+                grad_view.copy_(work)
+            pos_total += result.pos_increment
+            neg_total += result.neg_increment
+            parts.append(result.loss)
 
     if loss_kind == "sum":
         loss = torch.stack(parts).sum() if parts else torch.zeros((), dtype=dtype, device=device)
@@ -136,13 +144,11 @@ class _AttachGradient(torch.autograd.Function):
         ctx.save_for_backward(grad)
         ctx.logits_dtype = logits.dtype
         ctx.class_dim = class_dim
-        return loss if loss.dtype == logits.dtype else loss.to(logits.dtype)
+        return loss
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(
-        ctx: Any, grad_output: Tensor
-    ) -> tuple[Tensor | None, None, None, None]:
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, None, None, None]:
         (grad,) = ctx.saved_tensors
         if grad_output.numel() == 1 and float(grad_output) == 1.0:
             # The usual loss.backward(): hand out the saved buffer itself, so backward
@@ -159,6 +165,14 @@ class _AttachGradient(torch.autograd.Function):
 
 
 def attach_gradient(logits: Tensor, loss: Tensor, grad: Tensor, class_dim: int = -1) -> Tensor:
-    """Make ``loss`` differentiable w.r.t. ``logits`` with the precomputed ``grad``."""
+    """Make ``loss`` differentiable w.r.t. ``logits`` with the precomputed ``grad``.
+
+    The loss comes back in the logits' dtype, or in float32 under autocast, as PyTorch's
+    own losses do (a float16 loss would overflow once a GradScaler multiplies it).
+    """
+    if not torch.is_autocast_enabled(logits.device.type):
+        loss = loss.to(logits.dtype)
+    elif loss.dtype != torch.float64:
+        loss = loss.float()
     out: Tensor = _AttachGradient.apply(logits, loss.detach(), grad, class_dim)  # type: ignore[no-untyped-call]
     return out

@@ -33,6 +33,7 @@ from ..labels import (
     check_logits,
     check_same_rows,
     class_indices,
+    class_vector_length,
     reads_values,
     row_weights,
 )
@@ -145,7 +146,7 @@ def _focal(
     validate: bool,
 ) -> LossOutput:
     check_choice("reduction", reduction, ("mean", "sum", "none"))
-    num_classes = focusing.shape[0]
+    num_classes = class_vector_length("focusing", focusing)
     check_logits(logits, num_classes)
     check_class_vector("weighting", weighting, num_classes)
     dtype = compute_dtype(logits)
@@ -178,7 +179,7 @@ def _focal(
             normaliser = torch.as_tensor(avg_factor, dtype=dtype, device=logits.device)
             if reads_values(validate) and not bool(normaliser > 0):
                 raise ValueError(f"avg_factor: expected a positive number, got {avg_factor}")
-        grad_scale = 1.0 / normaliser.clamp_min(1.0) if avg_factor is None else 1.0 / normaliser
+        grad_scale = 1.0 / normaliser.clamp_min(1.0)
     elif avg_factor is not None:
         raise ValueError(f"avg_factor: only used with reduction='mean', got {reduction!r}")
 
@@ -203,7 +204,7 @@ def _focal(
     if grad_scale is not None:
         loss = loss * grad_scale
     loss = attach_gradient(logits, loss, grad)
-    return LossOutput(loss, pos_inc, neg_inc, normaliser)
+    return LossOutput(loss, pos_inc, neg_inc, normaliser, valid.sum())
 
 
 def equalized_focal_loss(

@@ -28,6 +28,7 @@ from ..labels import (
     check_class_vector,
     check_logits,
     class_indices,
+    class_vector_length,
     reads_values,
     row_weights,
 )
@@ -204,7 +205,7 @@ def _weighted_bce(
     if grad_scale is not None:
         loss = loss * grad_scale
     loss = attach_gradient(logits, loss, grad)
-    return LossOutput(loss, pos_inc[:num_classes], neg_inc[:num_classes], None)
+    return LossOutput(loss, pos_inc[:num_classes], neg_inc[:num_classes], None, count)
 
 
 def sigmoid_eql(
@@ -260,7 +261,7 @@ def sigmoid_eql(
         target,
         pos_weight,
         neg_weight,
-        num_classes=pos_weight.shape[0],
+        num_classes=class_vector_length("pos_weight", pos_weight),
         objectness=objectness,
         foreground_neg_weight=None,
         weight=weight,
@@ -308,8 +309,7 @@ def eql_sigmoid(
         >>> out = eql_sigmoid(logits, torch.tensor([0, 2, 3, 1]), torch.tensor([0, 1, 1]))
         >>> out.loss.backward()
     """
-    num_classes = logits.shape[-1] if logits.dim() else 0
-    check_class_vector("rare", rare, num_classes)
+    num_classes = class_vector_length("rare", rare)
     dtype = compute_dtype(logits)
     ones = torch.ones(num_classes, dtype=dtype, device=logits.device)
     if target.is_floating_point():

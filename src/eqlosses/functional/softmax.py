@@ -20,10 +20,10 @@ from torch import Tensor
 from ..labels import (
     Reduction,
     check_choice,
-    check_class_vector,
     check_logits,
     check_same_rows,
     class_indices,
+    class_vector_length,
     reads_values,
     row_weights,
 )
@@ -194,7 +194,7 @@ def cross_entropy_blocks(
     if grad_scale is not None:
         loss = loss * grad_scale
     loss = attach_gradient(logits, loss, grad, class_dim=1)
-    return LossOutput(loss, pos_inc, neg_inc, count if reduction == "mean" else None)
+    return LossOutput(loss, pos_inc, neg_inc, count if reduction == "mean" else None, count)
 
 
 def softmax_eql(
@@ -242,8 +242,7 @@ def softmax_eql(
         >>> out = softmax_eql(logits, torch.tensor([0, 2, 1, 0]), adjustment)
         >>> out.loss.backward()
     """
-    num_classes = logits.shape[1] if logits.dim() >= 2 else -1
-    check_class_vector("adjustment", adjustment, num_classes)
+    num_classes = class_vector_length("adjustment", adjustment)
     return cross_entropy_blocks(
         logits,
         target,
@@ -295,8 +294,8 @@ def eql_softmax(
         raise ValueError(f"logits: expected shape (N, C), got {tuple(logits.shape)}")
     if not 0.0 <= drop_prob <= 1.0:
         raise ValueError(f"drop_prob: expected a probability in [0, 1], got {drop_prob}")
-    num_classes = logits.shape[1]
-    check_class_vector("rare", rare, num_classes)
+    num_classes = class_vector_length("rare", rare)
+    check_logits(logits, num_classes)
     check_same_rows("target", target, logits.shape[:1])
     if target.is_floating_point():
         raise ValueError(f"target: EQL v1 takes integer labels, got dtype {target.dtype}")

@@ -2,7 +2,18 @@
 
 from .eql import EQL
 from .focal import EqualizedFocalLoss, EqualizedQualityFocalLoss
+from .peers import BalancedSoftmax, ClassBalancedLoss, FocalLoss, SeesawLoss
 from .sigmoid_eql import SigmoidEQL
 from .softmax_eql import SoftmaxEQL
 
-__all__ = ["EQL", "EqualizedFocalLoss", "EqualizedQualityFocalLoss", "SigmoidEQL", "SoftmaxEQL"]
+__all__ = [
+    "EQL",
+    "BalancedSoftmax",
+    "ClassBalancedLoss",
+    "EqualizedFocalLoss",
+    "EqualizedQualityFocalLoss",
+    "FocalLoss",
+    "SeesawLoss",
+    "SigmoidEQL",
+    "SoftmaxEQL",
+]

@@ -69,7 +69,11 @@ class StatisticsLoss(nn.Module):
         if self.training and self.update_statistics and torch.is_grad_enabled():
             scale = self.loss_weight if self.statistics_include_loss_weight else 1.0
             self.statistics.update(
-                output.pos_increment * scale, output.neg_increment * scale, output.normaliser
+                output.pos_increment * scale,
+                output.neg_increment * scale,
+                output.normaliser,
+                num_samples=output.num_samples,
+                finite=torch.isfinite(output.loss.detach()).all(),
             )
         if self.loss_weight == 1.0:
             return output.loss

@@ -1,0 +1,490 @@
+"""The peer losses as modules, with the conventions of the equalization losses.
+
+Each takes ``reduction``, ``loss_weight``, ``ignore_index`` and ``validate`` and has a
+``predict(logits)`` that turns logits into the scores used at test time. Only
+:class:`SeesawLoss` is stateful (cumulative class counts); the others hold fixed training
+counts. Count buffers are float64 and stay float64 under ``.half()``, ``.double()`` or
+``.to(torch.bfloat16)`` of a parent model (counts above 65504 overflow float16).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ..functional.peers import (
+    _hard_labels,
+    _softmax_layout,
+    balanced_softmax,
+    class_balanced_cross_entropy,
+    class_balanced_weights,
+    seesaw_loss,
+    sigmoid_focal_loss,
+)
+from ..labels import (
+    BACKGROUND_INDICES,
+    REDUCTIONS,
+    BackgroundIndex,
+    Reduction,
+    check_choice,
+    check_logits,
+)
+from ..stats import ClassCounts, keep_float64
+
+__all__ = ["BalancedSoftmax", "ClassBalancedLoss", "FocalLoss", "SeesawLoss"]
+
+
+def _counts_tensor(class_counts: Sequence[int] | Tensor) -> Tensor:
+    """Training counts as a float64 ``(C,)`` tensor, checked once at construction."""
+    if isinstance(class_counts, Tensor):
+        counts = class_counts.detach().to(torch.float64)
+    else:
+        try:
+            counts = torch.as_tensor(list(class_counts), dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(
+                f"class_counts: expected a sequence of per-class counts, got {class_counts!r}"
+            ) from error
+    if counts.dim() != 1 or counts.numel() == 0:
+        raise ValueError(
+            f"class_counts: expected a non-empty 1-D sequence, got shape {tuple(counts.shape)}"
+        )
+    if not bool((torch.isfinite(counts) & (counts >= 0)).all()):
+        raise ValueError("class_counts: expected finite counts >= 0, got negative or non-finite")
+    return counts.clone()
+
+
+class _PeerLoss(nn.Module):
+    """What the peer modules share: options, ``loss_weight`` and float64 count buffers.
+
+    The modules hold no parameters; their buffers keep their dtype under a parent's dtype
+    cast (they follow device moves).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        reduction: Reduction,
+        loss_weight: float,
+        ignore_index: int,
+        validate: bool,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes: expected a positive integer, got {num_classes}")
+        check_choice("reduction", reduction, REDUCTIONS)
+        if not math.isfinite(loss_weight):
+            raise ValueError(f"loss_weight: expected a finite number, got {loss_weight!r}")
+        self.num_classes = num_classes
+        self.reduction: Reduction = reduction
+        self.loss_weight = float(loss_weight)
+        self.ignore_index = ignore_index
+        self.validate = validate
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> _PeerLoss:
+        if recurse:
+            for child in self.children():
+                child._apply(fn)  # type: ignore[no-untyped-call]
+        keep_float64(self, fn)
+        return self
+
+    def _weighted(self, loss: Tensor) -> Tensor:
+        return loss if self.loss_weight == 1.0 else loss * self.loss_weight
+
+    def _check_softmax_logits(self, logits: Tensor) -> int:
+        """Raise unless ``logits`` has ``num_classes`` columns at dim 1; returns that dim."""
+        class_dim = 1 if isinstance(logits, Tensor) and logits.dim() > 1 else -1
+        check_logits(logits, self.num_classes, class_dim=class_dim)
+        return class_dim
+
+    @torch.no_grad()
+    def predict(self, logits: Tensor) -> Tensor:
+        """Plain softmax of the raw logits over the class dimension (dim 1)."""
+        return torch.softmax(logits, dim=self._check_softmax_logits(logits))
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, reduction={self.reduction!r}, "
+            f"loss_weight={self.loss_weight}"
+        )
+
+
+class FocalLoss(_PeerLoss):
+    r"""Sigmoid focal loss (Lin et al., ICCV 2017).
+
+    .. math::
+        L = \frac{1}{Z}\sum_{i,j} α_t\,(1 - p_t)^{γ}\,(-\log p_t)
+
+    ``p_t = σ(z)``, ``α_t = α`` on positives; ``1 - σ(z)``, ``1 - α`` on negatives. The
+    Equalized Focal Loss with every class's ``γ_j = γ`` and weight 1, on the same fused
+    kernel. ``Z`` is the number of positive samples (at least 1) unless ``avg_factor`` is
+    given: for classification, the number of samples.
+
+    Args:
+        num_classes: ``C`` (no background column).
+        gamma: ``γ >= 0`` (2). alpha: ``α`` in ``[0, 1]`` (0.25).
+        reduction: ``'mean'`` (sum / ``Z``), ``'sum'`` or ``'none'`` (per entry).
+        loss_weight: multiplies the loss.
+        ignore_index: label of rows to drop.
+        background_index: ``'last'`` (label ``C`` is background) or ``'first'``.
+        validate: check label values (skipped under ``torch.compile``).
+
+    Shape:
+        - logits: ``(..., C)``; target, weight: ``(...)`` labels in ``[0, C]``
+          (``C`` = background; classification labels are in ``[0, C)``).
+        - output: scalar, or ``(..., C)`` for ``reduction='none'``.
+
+    Example:
+        >>> criterion = FocalLoss(num_classes=3)
+        >>> logits = torch.randn(4, 3, requires_grad=True)
+        >>> criterion(logits, torch.tensor([0, 2, 1, 3])).backward()  # 3 = background
+        >>> criterion.predict(logits).shape
+        torch.Size([4, 3])
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        gamma: float = 2.0,
+        alpha: float = 0.25,
+        *,
+        reduction: Reduction = "mean",
+        loss_weight: float = 1.0,
+        ignore_index: int = -100,
+        background_index: BackgroundIndex = "last",
+        validate: bool = True,
+    ) -> None:
+        super().__init__(
+            num_classes,
+            reduction=reduction,
+            loss_weight=loss_weight,
+            ignore_index=ignore_index,
+            validate=validate,
+        )
+        if not gamma >= 0:
+            raise ValueError(f"gamma: expected a number >= 0, got {gamma!r}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
+        check_choice("background_index", background_index, BACKGROUND_INDICES)
+        self.gamma = float(gamma)
+        self.alpha = float(alpha)
+        self.background_index: BackgroundIndex = background_index
+
+    def forward(
+        self,
+        logits: Tensor,
+        target: Tensor,
+        weight: Tensor | None = None,
+        avg_factor: float | Tensor | None = None,
+    ) -> Tensor:
+        check_logits(logits, self.num_classes)
+        output = sigmoid_focal_loss(
+            logits,
+            target,
+            gamma=self.gamma,
+            alpha=self.alpha,
+            avg_factor=avg_factor,
+            weight=weight,
+            reduction=self.reduction,
+            ignore_index=self.ignore_index,
+            background_index=self.background_index,
+            validate=self.validate,
+        )
+        return self._weighted(output.loss)
+
+    @torch.no_grad()
+    def predict(self, logits: Tensor) -> Tensor:
+        """Class probabilities ``σ(z)``, ``(..., C)``."""
+        check_logits(logits, self.num_classes)
+        return torch.sigmoid(logits)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, gamma={self.gamma}, alpha={self.alpha}"
+
+
+class BalancedSoftmax(_PeerLoss):
+    r"""Balanced Softmax (Ren et al., NeurIPS 2020) / logit adjustment loss (Menon et al.,
+    ICLR 2021).
+
+    .. math::
+        L = \frac{1}{N}\sum_i \mathrm{CE}(z_i + τ\log π,\ y_i), \qquad
+        π_j = \frac{\max(n_j, 1)}{\sum_k \max(n_k, 1)}
+
+    The prior ``π`` comes from the training counts ``n``; a class with no sample counts
+    as one, so the loss stays finite. ``τ = 1`` is Balanced Softmax. Inference uses the
+    raw logits: :meth:`predict` is their plain softmax.
+
+    Args:
+        class_counts: training samples per class, ``(C,)``; stored as the float64 buffer
+            ``class_counts`` (in ``state_dict``).
+        tau: ``τ >= 0`` (1).
+        reduction: ``'mean'`` over non-ignored samples, ``'sum'`` or ``'none'`` (per
+            sample).
+        loss_weight, ignore_index, validate: as usual.
+        label_smoothing: as in :func:`torch.nn.functional.cross_entropy`.
+
+    Shape:
+        - logits: ``(N, C)`` or ``(N, C, d1, ...)``.
+        - target: ``(N,)`` / ``(N, d1, ...)`` labels in ``[0, C)``, or ``(N, C)`` soft.
+        - output: scalar, or per sample for ``reduction='none'``.
+
+    Example:
+        >>> criterion = BalancedSoftmax(class_counts=[500, 50, 5])
+        >>> logits = torch.randn(4, 3, requires_grad=True)
+        >>> criterion(logits, torch.tensor([0, 2, 1, 0])).backward()
+        >>> criterion.predict(logits).shape  # softmax of the raw logits
+        torch.Size([4, 3])
+    """
+
+    class_counts: Tensor
+
+    def __init__(
+        self,
+        class_counts: Sequence[int] | Tensor,
+        tau: float = 1.0,
+        *,
+        reduction: Reduction = "mean",
+        loss_weight: float = 1.0,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        validate: bool = True,
+    ) -> None:
+        counts = _counts_tensor(class_counts)
+        super().__init__(
+            counts.numel(),
+            reduction=reduction,
+            loss_weight=loss_weight,
+            ignore_index=ignore_index,
+            validate=validate,
+        )
+        if not (math.isfinite(tau) and tau >= 0):
+            raise ValueError(f"tau: expected a finite number >= 0, got {tau!r}")
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing: expected a number in [0, 1], got {label_smoothing}")
+        self.tau = float(tau)
+        self.label_smoothing = float(label_smoothing)
+        self.register_buffer("class_counts", counts)
+
+    def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+        self._check_softmax_logits(logits)
+        output = balanced_softmax(
+            logits,
+            target,
+            self.class_counts,
+            tau=self.tau,
+            weight=weight,
+            reduction=self.reduction,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            validate=self.validate,
+        )
+        return self._weighted(output.loss)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, tau={self.tau}"
+
+
+class ClassBalancedLoss(_PeerLoss):
+    r"""Class-balanced softmax cross-entropy (Cui et al., CVPR 2019).
+
+    .. math::
+        L = \frac{1}{N}\sum_i w_{y_i}\,\mathrm{CE}(z_i, y_i), \qquad
+        w_j \propto \frac{1 - β}{1 - β^{\max(n_j, 1)}}, \quad \sum_j w_j = C
+
+    Each sample is weighted by the inverse effective number of its class.
+    ``'mean'`` divides by the number of non-ignored samples, not by the sum of the weights
+    as :func:`torch.nn.functional.cross_entropy` with ``weight=`` would. A class with no
+    sample counts as one. :meth:`predict` is the plain softmax.
+
+    Args:
+        class_counts: training samples per class, ``(C,)``; the float64 buffer
+            ``class_counts``.
+        beta: ``β`` in ``[0, 1)`` (0.9999).
+        reduction, loss_weight, ignore_index, label_smoothing, validate: as
+            :class:`BalancedSoftmax`.
+
+    Shape:
+        - logits: ``(N, C)`` or ``(N, C, d1, ...)``; target, weight: ``(N,)`` /
+          ``(N, d1, ...)`` integer labels.
+        - output: scalar, or per sample for ``reduction='none'``.
+
+    Example:
+        >>> criterion = ClassBalancedLoss(class_counts=[500, 50, 5], beta=0.99)
+        >>> criterion.class_weights
+        tensor([0.1261, 0.3172, 2.5566], dtype=torch.float64)
+        >>> logits = torch.randn(4, 3, requires_grad=True)
+        >>> criterion(logits, torch.tensor([0, 2, 1, 0])).backward()
+    """
+
+    class_counts: Tensor
+
+    def __init__(
+        self,
+        class_counts: Sequence[int] | Tensor,
+        beta: float = 0.9999,
+        *,
+        reduction: Reduction = "mean",
+        loss_weight: float = 1.0,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        validate: bool = True,
+    ) -> None:
+        counts = _counts_tensor(class_counts)
+        super().__init__(
+            counts.numel(),
+            reduction=reduction,
+            loss_weight=loss_weight,
+            ignore_index=ignore_index,
+            validate=validate,
+        )
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"beta: expected a number in [0, 1), got {beta!r}")
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing: expected a number in [0, 1], got {label_smoothing}")
+        self.beta = float(beta)
+        self.label_smoothing = float(label_smoothing)
+        self.register_buffer("class_counts", counts)
+
+    @property
+    def class_weights(self) -> Tensor:
+        """The per-class weights ``w``, float64 ``(C,)`` summing to ``C``."""
+        return class_balanced_weights(self.class_counts, self.beta, validate=False)
+
+    def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+        self._check_softmax_logits(logits)
+        output = class_balanced_cross_entropy(
+            logits,
+            target,
+            self.class_counts,
+            beta=self.beta,
+            weight=weight,
+            reduction=self.reduction,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            validate=self.validate,
+        )
+        return self._weighted(output.loss)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, beta={self.beta}"
+
+
+class SeesawLoss(_PeerLoss):
+    r"""Seesaw loss (Wang et al., CVPR 2021) with cumulative, synchronised class counts.
+
+    .. math::
+        L = \frac{1}{N}\sum_i -\log \frac{e^{z_{iy}}}{e^{z_{iy}} +
+            \sum_{j \ne y} S_{ij} e^{z_{ij}}}, \qquad S_{ij} = M_{ij}\,C_{ij}
+
+    Mitigation ``M_ij = (N_j / N_y)^p`` where ``N_j < N_y`` (else 1) lowers the penalty a
+    head-class sample puts on a rarer class; compensation ``C_ij = (σ_j / max(σ_y, ε))^q``
+    where above 1 (``σ`` the softmax of the detached logits) restores it when the sample
+    is misclassified as ``j``. ``S`` is a constant for autograd; counts are floored at 1.
+    See :func:`~eqlosses.functional.peers.seesaw_loss`.
+
+    ``N`` is the number of samples of each class seen so far in training, kept in
+    ``self.statistics`` (:class:`~eqlosses.stats.ClassCounts`, ``state_dict`` key
+    ``statistics.counts``). As in the published method (and mmdetection), a training
+    forward first adds the current batch's labels to ``N`` and then computes the loss with
+    the updated counts, so a class's first sample already sees ``N_y >= 1``. Counting
+    happens when the module is training, grad is enabled and ``update_statistics`` is
+    true; ignored labels are not counted. The batch counts are summed over the ranks of
+    ``process_group`` (all-reduce) before they are added, so every rank holds the same
+    counts, those of the union of the batches; every rank must then run the same number
+    of counting forwards.
+
+    Args:
+        num_classes: ``C``.
+        p: mitigation exponent (0.8). q: compensation exponent (2). eps: ``ε`` (1e-2),
+            the floor of ``σ_y`` in the compensation ratio.
+        reduction: ``'mean'`` over non-ignored samples, ``'sum'`` or ``'none'`` (per
+            sample).
+        loss_weight, ignore_index, validate: as usual.
+        update_statistics: set False to freeze the counts.
+        process_group: ranks that share the counts (default group when initialised).
+
+    Shape:
+        - logits: ``(N, C)`` or ``(N, C, d1, ...)``; target, weight: ``(N,)`` /
+          ``(N, d1, ...)`` integer labels.
+        - output: scalar, or per sample for ``reduction='none'``.
+
+    Example:
+        >>> criterion = SeesawLoss(num_classes=3)
+        >>> logits = torch.randn(4, 3, requires_grad=True)
+        >>> criterion(logits, torch.tensor([0, 2, 0, 0])).backward()
+        >>> criterion.class_counts
+        tensor([3., 0., 1.], dtype=torch.float64)
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        p: float = 0.8,
+        q: float = 2.0,
+        eps: float = 1e-2,
+        *,
+        reduction: Reduction = "mean",
+        loss_weight: float = 1.0,
+        ignore_index: int = -100,
+        update_statistics: bool = True,
+        process_group: dist.ProcessGroup | None = None,
+        validate: bool = True,
+    ) -> None:
+        super().__init__(
+            num_classes,
+            reduction=reduction,
+            loss_weight=loss_weight,
+            ignore_index=ignore_index,
+            validate=validate,
+        )
+        if not (math.isfinite(p) and p >= 0):
+            raise ValueError(f"p: expected a finite number >= 0, got {p!r}")
+        if not (math.isfinite(q) and q >= 0):
+            raise ValueError(f"q: expected a finite number >= 0, got {q!r}")
+        if not 0.0 < eps <= 1.0:
+            raise ValueError(f"eps: expected a number in (0, 1], got {eps!r}")
+        self.p = float(p)
+        self.q = float(q)
+        self.eps = float(eps)
+        self.update_statistics = update_statistics
+        self.statistics = ClassCounts(num_classes, process_group)
+
+    @property
+    def class_counts(self) -> Tensor:
+        """Cumulative samples per class ``N``, float64 ``(C,)``."""
+        return self.statistics.counts
+
+    def reset_statistics(self) -> None:
+        """Forget the counts."""
+        self.statistics.reset()
+
+    def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+        self._check_softmax_logits(logits)
+        if self.training and self.update_statistics and torch.is_grad_enabled():
+            # Check the labels before they touch the counts (and the other ranks).
+            _, _, rows_shape = _softmax_layout(logits)
+            labels, valid = _hard_labels(
+                target, rows_shape, self.num_classes, self.ignore_index, self.validate, "SeesawLoss"
+            )
+            self.statistics.update(torch.where(valid, labels, torch.full_like(labels, -1)))
+        output = seesaw_loss(
+            logits,
+            target,
+            self.class_counts,
+            p=self.p,
+            q=self.q,
+            eps=self.eps,
+            weight=weight,
+            reduction=self.reduction,
+            ignore_index=self.ignore_index,
+            validate=self.validate,
+        )
+        return self._weighted(output.loss)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, p={self.p}, q={self.q}, eps={self.eps}"
