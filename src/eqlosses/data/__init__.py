@@ -1,0 +1,46 @@
+"""Data sets and long-tail sampling for the loss comparisons.
+
+Everything reads local files only: Fashion-MNIST from Debian's ``dataset-fashion-mnist``
+package, Omniglot from the project's ``shared/data/omniglot-small`` zips.  A missing data set
+raises :class:`DatasetNotFoundError` with a one-line fix.
+"""
+
+from eqlosses.data.errors import DatasetNotFoundError, WeightsNotFoundError
+from eqlosses.data.fashion_mnist import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_DIR,
+    FashionMNIST,
+    load_fashion_mnist,
+    read_idx,
+)
+from eqlosses.data.features import cache_path, cached_features
+from eqlosses.data.longtail import longtail_counts, longtail_subset, split_validation
+from eqlosses.data.omniglot import (
+    DEFAULT_OMNIGLOT_DIR,
+    OMNIGLOT_ZIPS,
+    Omniglot,
+    OmniglotSplit,
+    load_omniglot,
+    omniglot_lt_split,
+)
+
+__all__ = [
+    "DEFAULT_OMNIGLOT_DIR",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_DIR",
+    "OMNIGLOT_ZIPS",
+    "DatasetNotFoundError",
+    "FashionMNIST",
+    "Omniglot",
+    "OmniglotSplit",
+    "WeightsNotFoundError",
+    "cache_path",
+    "cached_features",
+    "load_fashion_mnist",
+    "load_omniglot",
+    "longtail_counts",
+    "longtail_subset",
+    "omniglot_lt_split",
+    "read_idx",
+    "split_validation",
+]

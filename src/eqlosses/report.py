@@ -1,0 +1,181 @@
+"""Comparison outputs: results.json, a Markdown table and PNG plots.
+
+Each run is a dict with at least ``loss``, ``seed``, ``metrics`` (name → value, higher
+is better), ``per_class`` (one value per class), ``class_sizes`` (the x axis of the
+per-class plot) and optionally ``grad_ratio_history`` (list of per-epoch ``g`` vectors).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .metrics import beats, mean_std
+
+Run = dict[str, Any]
+
+
+def _mean_std_dict(values: Sequence[float]) -> dict[str, float]:
+    mean, std = mean_std(values)
+    return {"mean": mean, "std": std}
+
+
+def summarise(runs: Sequence[Run], losses: Sequence[str], metric_names: Sequence[str]) -> Run:
+    """Mean and standard deviation over seeds of each metric of each loss."""
+    summary: Run = {}
+    for loss in losses:
+        mine = [r for r in runs if r["loss"] == loss]
+        if not mine:
+            continue
+        summary[loss] = {
+            "seeds": [r["seed"] for r in mine],
+            **{
+                name: _mean_std_dict([r["metrics"][name] for r in mine])
+                for name in metric_names
+                if all(name in r["metrics"] for r in mine)
+            },
+        }
+    return summary
+
+
+def compare_to(runs: Sequence[Run], loss: str, baseline: str, metric: str) -> str:
+    """'beats', 'loses' or 'tie' of ``loss`` against ``baseline`` on ``metric`` (paired by
+    seed; see :func:`eqlosses.metrics.beats`)."""
+    by_seed_a = {r["seed"]: r["metrics"].get(metric) for r in runs if r["loss"] == loss}
+    by_seed_b = {r["seed"]: r["metrics"].get(metric) for r in runs if r["loss"] == baseline}
+    seeds = sorted(set(by_seed_a) & set(by_seed_b))
+    if not seeds or any(by_seed_a[s] is None or by_seed_b[s] is None for s in seeds):
+        return "n/a"
+    a = [by_seed_a[s] for s in seeds]
+    b = [by_seed_b[s] for s in seeds]
+    if beats(a, b):
+        return "beats"
+    if beats(b, a):
+        return "loses"
+    return "tie"
+
+
+def markdown_table(
+    runs: Sequence[Run],
+    losses: Sequence[str],
+    metric_names: Sequence[str],
+    baseline: str,
+    *,
+    scale: float = 100.0,
+    decimals: int = 1,
+) -> str:
+    """Rows: losses; columns: metrics as ``mean ± std`` (times ``scale``), and how each
+    loss compares with ``baseline`` on every metric (↑ beats, ↓ loses, = neither)."""
+    summary = summarise(runs, losses, metric_names)
+    # groups with no class (e.g. no few-shot class) are left out
+    metric_names = [m for m in metric_names if any(m in stats for stats in summary.values())]
+    header = ["loss", "seeds", *metric_names, f"vs {baseline}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    marks = {"beats": "↑", "loses": "↓", "tie": "=", "n/a": "·"}
+    for loss in losses:
+        if loss not in summary:
+            continue
+        cells = [f"`{loss}`", str(len(summary[loss]["seeds"]))]
+        for name in metric_names:
+            stat = summary[loss].get(name)
+            if stat is None or math.isnan(stat["mean"]):
+                cells.append("—")
+            else:
+                cells.append(
+                    f"{stat['mean'] * scale:.{decimals}f} ± {stat['std'] * scale:.{decimals}f}"
+                )
+        if loss == baseline:
+            cells.append("baseline")
+        else:
+            cells.append(
+                " ".join(
+                    f"{name}{marks[compare_to(runs, loss, baseline, name)]}"
+                    for name in metric_names
+                )
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out_dir: Path, payload: Run) -> Path:
+    path = out_dir / "results.json"
+    path.write_text(json.dumps(payload, indent=1, sort_keys=True))
+    return path
+
+
+def plot_per_class(
+    runs: Sequence[Run], losses: Sequence[str], path: Path, *, ylabel: str, xlabel: str
+) -> None:
+    """Per-class metric (mean over seeds) against the class size, one panel per loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present = [loss for loss in losses if any(r["loss"] == loss for r in runs)]
+    cols = min(4, len(present))
+    rows = math.ceil(len(present) / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False, sharex=True, sharey=True
+    )
+    for ax, loss in zip(axes.flat, present, strict=False):
+        mine = [r for r in runs if r["loss"] == loss]
+        sizes = mine[0]["class_sizes"]
+        for run in mine:
+            ax.scatter(run["class_sizes"], run["per_class"], s=8, alpha=0.35, color="tab:blue")
+        if all(r["class_sizes"] == sizes for r in mine):
+            mean = [sum(r["per_class"][c] for r in mine) / len(mine) for c in range(len(sizes))]
+            order = sorted(range(len(sizes)), key=lambda c: sizes[c])
+            ax.plot([sizes[c] for c in order], [mean[c] for c in order], color="tab:red", lw=1)
+        ax.set_xscale("log")
+        ax.set_title(loss, fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(present) :]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel(xlabel)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_grad_ratio(runs: Sequence[Run], path: Path) -> bool:
+    """The per-class gradient ratio ``g`` over training (first seed of each loss that
+    records it), each class coloured by its class size; False if no run records it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recorded: dict[str, Run] = {}
+    for run in runs:
+        if run.get("grad_ratio_history") and run["loss"] not in recorded:
+            recorded[run["loss"]] = run
+    if not recorded:
+        return False
+    fig, axes = plt.subplots(1, len(recorded), figsize=(4.2 * len(recorded), 3.2), squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    for ax, (loss, run) in zip(axes[0], recorded.items(), strict=True):
+        history = run["grad_ratio_history"]
+        sizes = run["class_sizes"]
+        largest = math.log(max(sizes) + 1)
+        for c in range(len(sizes)):
+            colour = cmap(math.log(sizes[c] + 1) / largest)
+            ax.plot(range(1, len(history) + 1), [h[c] for h in history], color=colour, lw=0.8)
+        ax.set_yscale("symlog", linthresh=1e-2)
+        ax.set_title(f"{loss}: g per class", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("pos / neg gradient (g)")
+    sm = plt.cm.ScalarMappable(cmap=cmap)
+    sm.set_array([])
+    cbar = fig.colorbar(sm, ax=axes[0].tolist(), fraction=0.03)
+    cbar.set_label("log class size (scaled)")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return True

@@ -1,0 +1,1 @@
+"""Tasks the comparisons train: classification (and the commands that run them)."""

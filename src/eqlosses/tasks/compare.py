@@ -1,0 +1,175 @@
+"""``eqlosses compare``: one model per (loss, seed), then tables and plots.
+
+Every finished run is saved as ``runs/<loss>__seed<k>.json`` in the output folder; a
+rerun into the same folder skips it, so a long comparison survives interruption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import report
+from ..losses._base import StatisticsLoss
+from ..metrics import class_groups
+from .classification import (
+    DATASETS,
+    DEFAULT_CONFIG,
+    ClassificationData,
+    OmniglotSource,
+    TrainConfig,
+    fashion_mnist_lt,
+    train_one,
+)
+from .distributed import Ranks, init_from_environment, shutdown
+from .losses import BASELINE, LOSSES
+
+DEFAULT_OMNIGLOT_DIR = Path("../shared/data/omniglot-small")
+METRICS = ("overall", "head", "middle", "tail", "many", "medium", "few")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
+    parser.add_argument(
+        "--imbalance-ratio", type=float, default=100.0, help="ρ of Fashion-MNIST-LT (10, 50, 100)"
+    )
+    parser.add_argument(
+        "--losses",
+        nargs="+",
+        choices=tuple(LOSSES),
+        default=list(LOSSES),
+        metavar="LOSS",
+        help=f"losses to compare (default: all of {', '.join(LOSSES)})",
+    )
+    parser.add_argument("--epochs", type=int, help="training epochs (default per data set)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="Fashion-MNIST IDX folder (default /usr/share/datasets/fashion-mnist) or the "
+        f"Omniglot zip folder (default {DEFAULT_OMNIGLOT_DIR})",
+    )
+    parser.add_argument("--cache-dir", type=Path, help="feature cache (default OUT/cache)")
+    parser.add_argument("--log-dir", type=Path, help="also write TensorBoard scalars here")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _run_path(out: Path, loss: str, seed: int) -> Path:
+    return out / "runs" / f"{loss}__seed{seed}.json"
+
+
+def _tensorboard_hook(log_dir: Path, loss_name: str, seed: int, data: ClassificationData) -> Any:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(log_dir / f"{loss_name}__seed{seed}"))
+    groups = {
+        name: members
+        for name, members in class_groups(data.train_counts).items()
+        if name in ("head", "middle", "tail")
+    }
+
+    def on_epoch(epoch: int, train_loss: float, loss_fn: nn.Module) -> None:
+        writer.add_scalar("train/loss", train_loss, epoch)
+        if isinstance(loss_fn, StatisticsLoss):
+            ratio = loss_fn.grad_ratio
+            for name, members in groups.items():
+                writer.add_scalar(f"grad_ratio/{name}", float(ratio[members].mean()), epoch)
+        writer.flush()
+
+    return on_epoch, writer
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    ranks = init_from_environment()
+    try:
+        return _compare(args, ranks)
+    finally:
+        shutdown()
+
+
+def _compare(args: argparse.Namespace, ranks: Ranks) -> int:
+    out: Path = args.out
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    base = DEFAULT_CONFIG[args.dataset]
+    config = TrainConfig(
+        epochs=args.epochs or base.epochs,
+        batch_size=base.batch_size,
+        lr=base.lr,
+        weight_decay=base.weight_decay,
+        momentum=base.momentum,
+    )
+    omniglot: OmniglotSource | None = None
+    if args.dataset == "omniglot":
+        omniglot = OmniglotSource(
+            args.data_dir or DEFAULT_OMNIGLOT_DIR, args.cache_dir or out / "cache"
+        )
+
+    runs: list[dict[str, Any]] = []
+    for seed in args.seeds:
+        pending = [loss for loss in args.losses if not _run_path(out, loss, seed).exists()]
+        for loss in args.losses:
+            if loss not in pending:
+                runs.append(json.loads(_run_path(out, loss, seed).read_text()))
+        if not pending:
+            continue
+        if omniglot is not None:
+            data = omniglot.split(seed)
+        else:
+            data = fashion_mnist_lt(args.data_dir, args.imbalance_ratio, seed)
+        for loss in pending:
+            hook, writer = (None, None)
+            if args.log_dir is not None and ranks.is_main:
+                hook, writer = _tensorboard_hook(args.log_dir, loss, seed, data)
+            record = train_one(
+                data, loss, seed, config, ranks, on_epoch=hook, progress=not args.no_progress
+            )
+            if writer is not None:
+                writer.close()
+            if ranks.is_main:
+                _run_path(out, loss, seed).write_text(json.dumps(record))
+                print(
+                    f"{loss:>16} seed {seed}: overall {record['metrics']['overall']:.3f} "
+                    f"tail {record['metrics']['tail']:.3f} ({record['seconds']:.0f} s)",
+                    flush=True,
+                )
+            runs.append(record)
+
+    if not ranks.is_main:
+        return 0
+    table = report.markdown_table(runs, args.losses, METRICS, BASELINE)
+    payload = {
+        "config": {
+            "dataset": args.dataset,
+            "imbalance_ratio": args.imbalance_ratio if args.dataset == "fashion-mnist" else None,
+            "epochs": config.epochs,
+            "batch_size": config.batch_size,
+            "lr": config.lr,
+            "seeds": args.seeds,
+            "losses": args.losses,
+            "world_size": ranks.world_size,
+        },
+        "summary": report.summarise(runs, args.losses, METRICS),
+        "runs": runs,
+    }
+    report.write_results(out, payload)
+    (out / "results.md").write_text(table)
+    report.plot_per_class(
+        runs,
+        args.losses,
+        out / "per_class_accuracy.png",
+        ylabel="test accuracy",
+        xlabel="training images of the class",
+    )
+    report.plot_grad_ratio(runs, out / "grad_ratio.png")
+    print()
+    print(table)
+    print(f"results in {out}/ (results.json, results.md, per_class_accuracy.png, grad_ratio.png)")
+    return 0
