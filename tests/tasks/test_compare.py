@@ -108,19 +108,10 @@ def test_two_processes_match_one(tiny_fashion: Path, tmp_path: Path) -> None:
     double = tmp_path / "double"
     assert main([*common[:4], str(single), *common[5:]]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = ["torchrun", "--nproc_per_node=2", "--rdzv-backend=c10d"]
+    launcher += ["--rdzv-endpoint=127.0.0.1:0", "-m", "eqlosses.cli"]
     completed = subprocess.run(
-        [
-            "torchrun",
-            "--nproc_per_node=2",
-            "--master_port=0",
-            "--rdzv-backend=c10d",
-            "--rdzv-endpoint=127.0.0.1:0",
-            "-m",
-            "eqlosses.cli",
-            *common[:4],
-            str(double),
-            *common[5:],
-        ],  # fmt: skip
+        [*launcher, *common[:4], str(double), *common[5:]],
         env=env,
         capture_output=True,
         text=True,
