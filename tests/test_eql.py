@@ -1,11 +1,11 @@
 """EQL v1 (sigmoid and softmax forms) against reference_losses.py (SPEC §5)."""
 
 import csv
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SHARED_DATA
 from reference_losses import (
     RefEQLSigmoid,
     RefEQLSoftmax,
@@ -25,7 +25,7 @@ STEPS = 5
 FLOATS = [torch.float64, torch.float32]
 COUNTS = [900, 300, 40, 8, 2]  # of 1000 images; threshold 0.05 -> classes 2, 3, 4 rare
 RARE = torch.tensor([False, False, True, True, True])
-LVIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "lvis-category-counts"
+LVIS = SHARED_DATA / "lvis-category-counts"
 
 
 def batch(gen, n=30, *, background=0.3):

@@ -12,7 +12,6 @@ from PIL import Image
 
 from eqlosses.data.errors import DatasetNotFoundError
 from eqlosses.data.omniglot import (
-    DEFAULT_OMNIGLOT_DIR,
     OMNIGLOT_ZIPS,
     Omniglot,
     load_omniglot,
@@ -110,10 +109,8 @@ def test_lt_split_needs_enough_drawings() -> None:
 
 
 @pytest.fixture(scope="module")
-def real_omniglot() -> Omniglot:
-    if DEFAULT_OMNIGLOT_DIR is None:
-        pytest.skip("shared/data/omniglot-small is not next to this checkout")
-    return load_omniglot(DEFAULT_OMNIGLOT_DIR)
+def real_omniglot(omniglot_dir: Path) -> Omniglot:
+    return load_omniglot(omniglot_dir)
 
 
 def test_real_omniglot(real_omniglot: Omniglot) -> None:

@@ -189,14 +189,14 @@ def test_recognises_a_real_photo(pretrained: EfficientNetLite0) -> None:
 
 
 @needs_weights
-def test_omniglot_features_separate_characters(pretrained: EfficientNetLite0) -> None:
+def test_omniglot_features_separate_characters(
+    pretrained: EfficientNetLite0, omniglot_dir: Path
+) -> None:
     # Weak but real: drawings of one character must lie closer together than drawings of
     # different characters, on average, in the pretrained feature space.
-    from eqlosses.data.omniglot import DEFAULT_OMNIGLOT_DIR, load_omniglot
+    from eqlosses.data.omniglot import load_omniglot
 
-    if DEFAULT_OMNIGLOT_DIR is None:
-        pytest.skip("shared/data/omniglot-small is not next to this checkout")
-    data = load_omniglot(DEFAULT_OMNIGLOT_DIR)
+    data = load_omniglot(omniglot_dir)
     classes = np.arange(0, 240, 24)  # 10 characters from different alphabets
     picks = np.concatenate([np.flatnonzero(data.labels == c)[:3] for c in classes])
     feats = torch.nn.functional.normalize(

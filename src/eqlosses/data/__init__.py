@@ -16,7 +16,6 @@ from eqlosses.data.fashion_mnist import (
 from eqlosses.data.features import cache_path, cached_features
 from eqlosses.data.longtail import longtail_counts, longtail_subset, split_validation
 from eqlosses.data.omniglot import (
-    DEFAULT_OMNIGLOT_DIR,
     OMNIGLOT_ZIPS,
     Omniglot,
     OmniglotSplit,
@@ -25,7 +24,6 @@ from eqlosses.data.omniglot import (
 )
 
 __all__ = [
-    "DEFAULT_OMNIGLOT_DIR",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIR",
     "OMNIGLOT_ZIPS",

@@ -39,22 +39,6 @@ IMAGE_SIZE = 105
 DRAWINGS_PER_CLASS = 20
 
 
-def _default_dir() -> Path | None:
-    # src/eqlosses/data/omniglot.py -> parents[3] is the repository root of a source
-    # checkout.  The project keeps data in a shared/ folder beside the repository (and a copy
-    # of the checkout may carry shared/ inside it); an installed package finds neither.
-    repo = Path(__file__).resolve().parents[3]
-    for candidate in (repo / "shared", repo.parent / "shared"):
-        folder = candidate / "data" / "omniglot-small"
-        if folder.is_dir():
-            return folder
-    return None
-
-
-DEFAULT_OMNIGLOT_DIR: Path | None = _default_dir()
-"""``shared/data/omniglot-small`` beside (or inside) the source checkout, or ``None``."""
-
-
 @dataclass(frozen=True)
 class Omniglot:
     """All loaded Omniglot images.
@@ -104,7 +88,7 @@ def load_omniglot(
     """Load every drawing of every character from the Omniglot zip files.
 
     Args:
-        data_dir: Folder holding the zips (see :data:`DEFAULT_OMNIGLOT_DIR`).
+        data_dir: Folder holding the zips (``shared/data/omniglot-small`` here).
         zip_names: Archives to read; characters present in several are loaded once.
 
     Raises:

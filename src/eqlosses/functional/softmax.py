@@ -76,44 +76,63 @@ def _softmax_kernel(
     def kernel(logits: Tensor, rows: slice, grad: Tensor) -> BlockResult:
         num_columns = logits.shape[1]
         weight = rows_weight[rows]
-        adjusted = logits if adjustment is None else logits + adjustment
+        # grad holds z̃, then exp(z̃ - max), then the gradient: no other block-sized buffer
+        if adjustment is None:
+            grad.copy_(logits)
+        else:
+            torch.add(logits, adjustment, out=grad)
         if entry_adjustment is not None:
-            adjusted = entry_adjustment(adjusted, rows)
-        log_norm = torch.logsumexp(adjusted, dim=1)
-        torch.sub(adjusted, log_norm.unsqueeze(1), out=grad).exp_()  # softmax(z̃)
-
+            grad.copy_(entry_adjustment(grad, rows))
         if soft_targets is not None:
             target = soft_targets[rows].to(logits.dtype)
+            target_logit = (target * grad).sum(1)
+        else:
+            assert labels is not None
+            label = labels[rows].unsqueeze(1)
+            target_logit = grad.gather(1, label).squeeze(1)
+            mean_logit = grad.mean(1) if label_smoothing > 0 else None
+        shift = grad.amax(1, keepdim=True)
+        grad.sub_(shift).exp_()
+        total = grad.sum(1, keepdim=True)
+        log_norm = (shift + total.log()).squeeze(1)
+        inverse = total.reciprocal().squeeze(1)
+        scale = weight if grad_scale is None else weight * grad_scale
+
+        if soft_targets is not None:
             target_mass = target.sum(1)
-            loss = log_norm * target_mass - (target * adjusted).sum(1)
-            grad.mul_(target_mass.unsqueeze(1)).sub_(target)
+            loss = log_norm * target_mass - target_logit
+            grad.mul_((inverse * target_mass).unsqueeze(1)).sub_(target)
             magnitude = grad.abs().mul_(weight.unsqueeze(1))
             pos_inc = (magnitude * target).sum(0)
             neg_inc = magnitude.sum(0) - pos_inc
+            grad.mul_(scale.unsqueeze(1))
+        elif label_smoothing == 0:
+            # grad is exp(z̃ - max) = total · softmax(z̃): fold 1/total into the row factors
+            target_prob = grad.gather(1, label).squeeze(1) * inverse
+            loss = log_norm - target_logit
+            grad.scatter_(1, label, 0.0)
+            neg_inc = (weight * inverse) @ grad
+            grad.mul_((scale * inverse).unsqueeze(1))
+            target_grad = target_prob - 1.0
+            grad.scatter_(1, label, (target_grad * scale).unsqueeze(1))
+            pos_inc = torch.zeros(num_columns, dtype=logits.dtype, device=logits.device)
+            pos_inc.index_add_(0, label.squeeze(1), weight * target_grad.abs())
         else:
-            assert labels is not None
-            label = labels[rows]
-            row = torch.arange(label.shape[0], device=label.device)
-            target_prob = grad[row, label]
-            loss = log_norm - adjusted[row, label]
+            assert mean_logit is not None
             smooth = label_smoothing / num_columns
-            if label_smoothing > 0:
-                loss = (1.0 - label_smoothing) * loss + label_smoothing * (
-                    log_norm - adjusted.mean(1)
-                )
-                grad.sub_(smooth)
+            loss = (1.0 - label_smoothing) * (log_norm - target_logit) + label_smoothing * (
+                log_norm - mean_logit
+            )
+            grad.mul_(inverse.unsqueeze(1)).sub_(smooth)
+            target_grad = grad.gather(1, label).squeeze(1) - (1.0 - label_smoothing)
             # The statistics split by the hard label, so the smoothing mass on the other
             # columns counts as negative gradient.
-            grad[row, label] = 0
-            magnitude = grad.abs() if label_smoothing > 0 else grad
-            neg_inc = weight @ magnitude
-            target_grad = target_prob - (1.0 - label_smoothing) - smooth
-            grad[row, label] = target_grad
+            grad.scatter_(1, label, 0.0)
+            neg_inc = weight @ grad.abs()
+            grad.mul_(scale.unsqueeze(1))
+            grad.scatter_(1, label, (target_grad * scale).unsqueeze(1))
             pos_inc = torch.zeros(num_columns, dtype=logits.dtype, device=logits.device)
-            pos_inc.index_add_(0, label, weight * target_grad.abs())
-        grad.mul_(weight.unsqueeze(1))
-        if grad_scale is not None:
-            grad.mul_(grad_scale)
+            pos_inc.index_add_(0, label.squeeze(1), weight * target_grad.abs())
         loss = loss * weight
         return BlockResult(loss if per_row else loss.sum(), pos_inc, neg_inc)
 

@@ -178,7 +178,7 @@ def train_one(
         loss_fn.train()
         order = torch.randperm(num_train, generator=order_generator)
         total, seen = 0.0, 0
-        for batch in order.split(config.batch_size):
+        for batch in torch.split(order, config.batch_size):
             local = ranks.share(batch)
             logits = model(data.train_inputs[local])
             loss = loss_fn(logits, data.train_labels[local])
@@ -201,7 +201,7 @@ def train_one(
 
     model.eval()
     with torch.no_grad():
-        logits = torch.cat([model(x) for x in data.test_inputs.split(1024)])
+        logits = torch.cat([model(x) for x in torch.split(data.test_inputs, 1024)])
         predictions = predict_scores(loss_fn, logits).argmax(dim=1)
     result = group_accuracy(predictions, data.test_labels, data.train_counts)
     return {
