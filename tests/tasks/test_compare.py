@@ -127,3 +127,17 @@ def test_two_processes_match_one(tiny_fashion: Path, tmp_path: Path) -> None:
                 two["grad_ratio_history"], one["grad_ratio_history"], rtol=1e-4, atol=1e-7
             )
     assert json.loads((double / "results.json").read_text())["config"]["world_size"] == 2
+
+
+def test_log_dir_writes_tensorboard_scalars(tiny_fashion: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logs = tmp_path / "logs"
+    args = _args(tiny_fashion, tmp_path / "out", "--losses", "softmax-eql", "--seeds", "0")
+    assert main([*args, "--log-dir", str(logs)]) == 0
+    events = EventAccumulator(str(logs / "softmax-eql__seed0"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "grad_ratio/head", "grad_ratio/tail"} <= tags
+    assert len(events.Scalars("train/loss")) == 2  # one per epoch
