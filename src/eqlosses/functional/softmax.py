@@ -329,7 +329,10 @@ def eql_softmax(
         target,
         num_classes=num_classes,
         adjustment=None,
-        entry_adjustment=lambda block, rows: block.masked_fill(dropped[rows], float("-inf")),
+        # a non-finite logit stays in, so the loss shows it and the step is dropped
+        entry_adjustment=lambda block, rows: block.masked_fill(
+            dropped[rows] & block.isfinite(), float("-inf")
+        ),
         weight=weight,
         reduction=reduction,
         ignore_index=ignore_index,
