@@ -799,6 +799,16 @@ def _reset_peak() -> bool:
     return peak is not None and current is not None and peak <= current + 256
 
 
+def rss_resolution_bytes() -> int:
+    """How far the kernel's resident-set counters may lag: Linux keeps them per CPU and
+    folds in up to 32 pages per CPU at a time, so a peak is known only to this many bytes."""
+    try:
+        page = os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        page = 4096
+    return 32 * page * (os.cpu_count() or 1)
+
+
 def _peak_kib() -> int:
     peak = _proc_status_kib("VmHWM")
     if peak is not None:
@@ -864,6 +874,7 @@ def measure_memory(
         "peak_above_bytes": above,
         "logit_bytes": unit,
         "logit_units": above / unit,
+        "resolution_units": rss_resolution_bytes() / unit,
         "method": "VmHWM after clear_refs" if resettable else "peak RSS since start",
     }
 
@@ -1015,6 +1026,11 @@ def check_targets(result: dict[str, Any], case: Case) -> list[dict[str, Any]]:
     return checks
 
 
+def _coarse(memory: dict[str, Any]) -> bool:
+    """Whether the counters' resolution is over a tenth of a logit tensor."""
+    return float(memory.get("resolution_units", 0.0)) > 0.1
+
+
 def _rows(results: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     header = [
         "loss",
@@ -1045,7 +1061,12 @@ def _rows(results: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]
             cells.append("-" if value is None else f"{value:.2f}")
         for impl in IMPLEMENTATIONS:
             memory = result.get("memory", {}).get(impl)
-            cells.append("-" if memory is None else f"{memory['logit_units']:.2f}")
+            if memory is None:
+                cells.append("-")
+            elif _coarse(memory):
+                cells.append(f"({memory['logit_units']:.2f})")
+            else:
+                cells.append(f"{memory['logit_units']:.2f}")
         cells.append(result["plain"])
         rows.append(cells)
     return header, rows
@@ -1293,6 +1314,15 @@ def run(args: argparse.Namespace) -> int:
         "the inputs during one step, counting the returned gradient, in logit-sized float32 "
         "tensors."
     )
+    coarse = [
+        m for r in results for m in r["memory"].values() if isinstance(m, dict) and _coarse(m)
+    ]
+    if coarse:
+        print(
+            "(parenthesised): these logits are within the resident-set counters' resolution "
+            f"(±{rss_resolution_bytes() // 1024} KiB, "
+            f"up to {max(m['resolution_units'] for m in coarse):.1f} logit tensors): noise."
+        )
     if calibration is not None:
         print(
             f"memory calibration: allocating 2 logit-sized tensors reads "

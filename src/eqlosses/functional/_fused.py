@@ -60,8 +60,8 @@ class BlockResult(NamedTuple):
 BlockKernel = Callable[[Tensor, slice, Tensor], BlockResult]
 
 
-def _blocks(num_rows: int, num_columns: int) -> Iterator[slice]:
-    step = max(1, BLOCK_ELEMENTS // max(num_columns, 1))
+def _blocks(num_rows: int, num_columns: int, block_elements: int) -> Iterator[slice]:
+    step = max(1, block_elements // max(num_columns, 1))
     for start in range(0, num_rows, step):
         yield slice(start, min(start + step, num_rows))
 
@@ -76,6 +76,7 @@ def run_blocks(
     num_stat_columns: int,
     channels_first: bool,
     loss_kind: str,
+    block_elements: int = BLOCK_ELEMENTS,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Run ``kernel`` over the rows of ``logits``; returns loss, gradient and increments.
 
@@ -99,7 +100,7 @@ def run_blocks(
         grad_3d = grad.view(batch, num_columns, positions)
         views: list[tuple[slice, Tensor, Tensor]] = []
         for n in range(batch):
-            for block in _blocks(positions, num_columns):
+            for block in _blocks(positions, num_columns, block_elements):
                 rows = slice(n * positions + block.start, n * positions + block.stop)
                 views.append((rows, logits_3d[n, :, block].t(), grad_3d[n, :, block].t()))
         loss_shape = (logits.shape[0], *logits.shape[2:])
@@ -107,7 +108,8 @@ def run_blocks(
         num_columns = logits.shape[-1]
         logits_2d = logits.reshape(-1, num_columns)
         grad_2d = grad.view(-1, num_columns)
-        views = [(b, logits_2d[b], grad_2d[b]) for b in _blocks(logits_2d.shape[0], num_columns)]
+        blocks = _blocks(logits_2d.shape[0], num_columns, block_elements)
+        views = [(b, logits_2d[b], grad_2d[b]) for b in blocks]
         loss_shape = tuple(logits.shape) if loss_kind == "entry" else tuple(logits.shape[:-1])
 
     parts: list[Tensor] = []

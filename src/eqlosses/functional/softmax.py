@@ -40,6 +40,10 @@ __all__ = ["eql_softmax", "softmax_eql", "softmax_eql_adjustment"]
 
 SoftmaxEQLForm = Literal["canonical", "prior"]
 
+# The integer-label kernel works inside the gradient buffer and keeps no block-sized
+# temporary, so its blocks can be large: fewer blocks, less per-operation overhead.
+SOFTMAX_BLOCK_ELEMENTS = 1 << 20
+
 # Given a block of (already class-adjusted) logits and the rows it covers, returns the
 # block with a per-entry adjustment added; constant for autograd.
 EntryAdjustment = Callable[[Tensor, slice], Tensor]
@@ -209,6 +213,7 @@ def cross_entropy_blocks(
         num_stat_columns=num_classes,
         channels_first=class_dim == 1,
         loss_kind="row" if per_row else "sum",
+        block_elements=SOFTMAX_BLOCK_ELEMENTS,
     )
     if grad_scale is not None:
         loss = loss * grad_scale
