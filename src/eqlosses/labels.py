@@ -109,20 +109,17 @@ def class_indices(
     labels = target.reshape(-1).long()
     valid = labels != ignore_index
     if reads_values(validate):
+        # both background layouts use the range [0, C]: label C or label 0 is background
         highest = num_classes if allow_background else num_classes - 1
-        lowest = 0
-        if background_index == "first" and allow_background:
-            lowest, highest = 0, num_classes
-        bad = valid & ((labels < lowest) | (labels > highest))
+        bad = valid & ((labels < 0) | (labels > highest))
         if bool(bad.any()):
             first_bad = int(labels[bad][0])
-            what = (
-                f"labels in [0, {num_classes}] (0 = background, 1..{num_classes} = classes)"
-                if background_index == "first" and allow_background
-                else f"labels in [0, {num_classes}] ({num_classes} = background)"
-                if allow_background
-                else f"labels in [0, {num_classes - 1}]"
-            )
+            if not allow_background:
+                what = f"labels in [0, {num_classes - 1}]"
+            elif background_index == "first":
+                what = f"labels in [0, {num_classes}] (0 = background, 1..{num_classes} = classes)"
+            else:
+                what = f"labels in [0, {num_classes}] ({num_classes} = background)"
             raise ValueError(
                 f"target: expected {what} or ignore_index={ignore_index}, got {first_bad}"
             )
