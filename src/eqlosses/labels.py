@@ -99,8 +99,9 @@ def class_indices(
     """Integer labels → flat canonical labels and a flat mask of the rows that count.
 
     Returns ``(labels, valid)`` of length ``prod(rows_shape)``: labels in ``[0, C)`` for
-    foreground rows and ``C`` for background rows (only where ``allow_background``);
-    ignored rows get label ``C`` and ``valid`` False.
+    foreground rows and ``C`` for background rows (only where ``allow_background``).
+    Ignored rows get ``valid`` False and the label ``C`` (no positive entry) where
+    background is allowed, else 0 (an in-range index for gathers; the row weighs 0).
     """
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise ValueError(f"target: expected integer class labels, got dtype {target.dtype}")
@@ -125,8 +126,7 @@ def class_indices(
             )
     if allow_background and background_index == "first":
         labels = torch.where(labels == 0, num_classes, labels - 1)
-    labels = torch.where(valid, labels, torch.full_like(labels, num_classes))
-    return labels, valid
+    return torch.where(valid, labels, num_classes if allow_background else 0), valid
 
 
 def row_weights(

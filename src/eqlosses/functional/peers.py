@@ -111,7 +111,7 @@ def _hard_labels(
         raise ValueError(
             f"target: {loss_name} takes integer class labels, got dtype {target.dtype}"
         )
-    labels, valid = class_indices(
+    return class_indices(
         target,
         rows_shape,
         num_classes,
@@ -119,7 +119,6 @@ def _hard_labels(
         ignore_index=ignore_index,
         validate=validate,
     )
-    return torch.where(valid, labels, torch.zeros_like(labels)), valid
 
 
 # ------------------------------------------------------------------- sigmoid focal

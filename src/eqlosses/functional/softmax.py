@@ -183,7 +183,7 @@ def cross_entropy_blocks(
         soft = target
         valid = torch.ones(target.shape[0], dtype=torch.bool, device=target.device)
     else:
-        canonical, valid = class_indices(
+        labels, valid = class_indices(
             target,
             rows_shape,
             num_classes,
@@ -191,8 +191,6 @@ def cross_entropy_blocks(
             ignore_index=ignore_index,
             validate=validate,
         )
-        # ignored rows weigh 0; any in-range label keeps the gathers valid
-        labels = torch.where(valid, canonical, 0)
     rows = row_weights(valid, weight, rows_shape, dtype)
     count = valid.sum().to(dtype)
     grad_scale = 1.0 / count.clamp_min(1.0) if reduction == "mean" else None
