@@ -66,6 +66,24 @@ def _blocks(num_rows: int, num_columns: int, block_elements: int) -> Iterator[sl
         yield slice(start, min(start + step, num_rows))
 
 
+def place_positives(
+    grad: Tensor, pos_rows: Tensor, pos_cols: Tensor, pos_grad: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Put the positives' gradient into a block that holds the negative-entry gradient.
+
+    ``grad`` holds, for every entry, the gradient it would have as a negative (all
+    non-negative); the entries ``(pos_rows, pos_cols)`` are the block's positives, whose
+    own gradient is ``pos_grad``. Returns this block's ``(pos_increment, neg_increment)``,
+    the per-column sums of the gradient magnitudes split by positive and negative.
+    """
+    # Zeroed first, so the column sums count the negatives only.
+    grad[pos_rows, pos_cols] = 0
+    neg_increment = grad.sum(0)
+    grad[pos_rows, pos_cols] = pos_grad
+    pos_increment = torch.zeros_like(neg_increment).index_add_(0, pos_cols, pos_grad.abs())
+    return pos_increment, neg_increment
+
+
 # torch.compile would unroll the block loop into thousands of graph nodes for a detector
 # head; the blocks are fused by hand already, so the compiled graph breaks here on purpose.
 @torch.compiler.disable  # type: ignore[untyped-decorator]

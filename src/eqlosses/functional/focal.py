@@ -43,6 +43,7 @@ from ._fused import (
     LossOutput,
     attach_gradient,
     compute_dtype,
+    place_positives,
     run_blocks,
 )
 
@@ -111,10 +112,7 @@ def _focal_kernel(
                 + distance.pow(gamma) * diff
             )
 
-        grad[pos_rows, pos_cols] = 0
-        neg_inc = grad.sum(0)
-        grad[pos_rows, pos_cols] = pos_grad
-        pos_inc = torch.zeros_like(focusing).index_add_(0, pos_cols, pos_grad.abs())
+        pos_inc, neg_inc = place_positives(grad, pos_rows, pos_cols, pos_grad)
 
         neg_loss = modulator.mul_(softplus)
         if per_entry:

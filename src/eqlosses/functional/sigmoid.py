@@ -32,7 +32,15 @@ from ..labels import (
     reads_values,
     row_weights,
 )
-from ._fused import BlockKernel, BlockResult, LossOutput, attach_gradient, compute_dtype, run_blocks
+from ._fused import (
+    BlockKernel,
+    BlockResult,
+    LossOutput,
+    attach_gradient,
+    compute_dtype,
+    place_positives,
+    run_blocks,
+)
 
 __all__ = ["eql_sigmoid", "sigmoid_eql", "sigmoid_eql_factors"]
 
@@ -80,13 +88,8 @@ def _index_kernel(
         pos_prob = prob[pos_rows, pos_cols]
         pos_row_weight = weight[pos_rows] * pos_weight[pos_cols]
 
-        # The positives' own gradient replaces their negative-form entries; zero them
-        # first so the column sums below count negatives only.
-        grad[pos_rows, pos_cols] = 0
-        neg_inc = grad.sum(0)
         pos_grad = pos_row_weight * (pos_prob - 1.0)
-        grad[pos_rows, pos_cols] = pos_grad
-        pos_inc = torch.zeros_like(pos_weight).index_add_(0, pos_cols, -pos_grad)
+        pos_inc, neg_inc = place_positives(grad, pos_rows, pos_cols, pos_grad)
 
         pos_softplus = softplus[pos_rows, pos_cols]
         pos_loss = pos_row_weight * (pos_softplus - logits[pos_rows, pos_cols])
