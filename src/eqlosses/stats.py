@@ -131,18 +131,13 @@ class GradientStatistics(nn.Module):
             )
         device = self.pos_grad.device
 
-        def scalar(value: Tensor | float | bool) -> Tensor:
-            return torch.as_tensor(value, dtype=torch.float64).to(device).reshape(1)
-
-        packed = torch.cat(
-            [
-                pos_increment.detach().to(device=device, dtype=torch.float64),
-                neg_increment.detach().to(device=device, dtype=torch.float64),
-                scalar(1.0 if normaliser is None else normaliser),
-                scalar(num_samples),
-                1.0 - scalar(finite),
-            ]
-        )
+        # One buffer, so one all-reduce: [pos, neg, normaliser, samples, non-finite flag].
+        packed = torch.empty(2 * num_classes + 3, dtype=torch.float64, device=device)
+        packed[:num_classes] = pos_increment.detach()
+        packed[num_classes:-3] = neg_increment.detach()
+        packed[-3] = 1.0 if normaliser is None else normaliser
+        packed[-2] = num_samples
+        packed[-1] = (not finite) if isinstance(finite, bool) else finite.logical_not()
         all_reduce_sum(packed, self.process_group)
         # Decided on the reduced values, without a host sync: every rank sees the same
         # sums and so accepts or drops the step alike.

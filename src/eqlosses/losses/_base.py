@@ -67,10 +67,12 @@ class StatisticsLoss(nn.Module):
     def _finish(self, output: LossOutput) -> Tensor:
         """Record the step's statistics (when due) and return the weighted loss."""
         if self.training and self.update_statistics and torch.is_grad_enabled():
-            scale = self.loss_weight if self.statistics_include_loss_weight else 1.0
+            pos, neg = output.pos_increment, output.neg_increment
+            if self.statistics_include_loss_weight and self.loss_weight != 1.0:
+                pos, neg = pos * self.loss_weight, neg * self.loss_weight
             self.statistics.update(
-                output.pos_increment * scale,
-                output.neg_increment * scale,
+                pos,
+                neg,
                 output.normaliser,
                 num_samples=output.num_samples,
                 finite=torch.isfinite(output.loss.detach()).all(),
