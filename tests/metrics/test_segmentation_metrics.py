@@ -43,6 +43,11 @@ def test_iou_of_an_absent_class_is_nan_and_left_out_of_the_mean() -> None:
     assert scores.rare == pytest.approx(1 / 3)
     assert scores.frequent == pytest.approx(0.6)
     assert scores.pixel_accuracy == pytest.approx(4 / 6)
+    # recall: class 0 3/4, class 1 1/2 (class 2 has no pixel); precision of class 1: 1/2,
+    # of class 2 (never predicted): 0
+    assert scores.class_accuracy == pytest.approx((3 / 4 + 1 / 2) / 2)
+    assert scores.rare_recall == pytest.approx(1 / 2)
+    assert scores.rare_precision == pytest.approx((1 / 2 + 0) / 2)
 
 
 def test_iou_pools_all_pixels_rather_than_averaging_images() -> None:

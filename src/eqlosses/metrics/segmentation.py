@@ -141,32 +141,53 @@ def _median(values: Tensor) -> Tensor:
 
 @dataclass
 class SegmentationScores:
-    """mIoU, group means and per-class IoU (``nan`` where a class is absent)."""
+    """Scores of one confusion matrix (``nan`` where a class is absent).
+
+    Attributes:
+        miou: mean IoU over the classes. rare, frequent: mean IoU of the rare classes and
+            of the others.
+        pixel_accuracy: correct pixels / labelled pixels.
+        class_accuracy: mean over the classes of their recall (SegNet's "class average
+            accuracy").
+        rare_recall, rare_precision: mean recall (``TP / labelled``) and precision
+            (``TP / predicted``; 0 for a class never predicted) over the rare classes:
+            where a rare-class IoU gain or loss comes from.
+        per_class: IoU of each class.
+    """
 
     miou: float
     rare: float
     frequent: float
     pixel_accuracy: float
+    class_accuracy: float
+    rare_recall: float
+    rare_precision: float
     per_class: list[float]
 
 
 def segmentation_scores(confusion: Tensor, rare: Sequence[int]) -> SegmentationScores:
-    """Scores of one confusion matrix: mIoU over the classes, the mean IoU of the ``rare``
-    classes and of the others, pixel accuracy, per-class IoU."""
+    """The :class:`SegmentationScores` of one confusion matrix ``M[true, predicted]``."""
+    confusion = confusion.double()
     iou = iou_per_class(confusion)
+    hits = confusion.diagonal()
+    labelled = confusion.sum(1)
+    recall = torch.where(labelled > 0, hits / labelled.clamp_min(1), math.nan)
+    precision = hits / confusion.sum(0).clamp_min(1)
     num_classes = iou.numel()
-    rare_set = set(rare)
-    frequent = [c for c in range(num_classes) if c not in rare_set]
+    rare_list = sorted(set(rare))
+    frequent = [c for c in range(num_classes) if c not in set(rare_list)]
 
-    def mean_of(members: Sequence[int]) -> float:
-        return float(iou[list(members)].nanmean()) if members else math.nan
+    def mean_of(values: Tensor, members: Sequence[int]) -> float:
+        return float(values[list(members)].nanmean()) if members else math.nan
 
     total = float(confusion.sum())
-    accuracy = float(confusion.diagonal().sum()) / total if total > 0 else math.nan
     return SegmentationScores(
         miou=float(iou.nanmean()),
-        rare=mean_of(sorted(rare_set)),
-        frequent=mean_of(frequent),
-        pixel_accuracy=accuracy,
+        rare=mean_of(iou, rare_list),
+        frequent=mean_of(iou, frequent),
+        pixel_accuracy=float(hits.sum()) / total if total > 0 else math.nan,
+        class_accuracy=float(recall.nanmean()),
+        rare_recall=mean_of(recall, rare_list),
+        rare_precision=mean_of(precision, rare_list),
         per_class=[float(v) for v in iou],
     )

@@ -57,7 +57,15 @@ from ..models.segmentation import LITE0_MAP_CHANNELS, FPNDecoder, extract_featur
 
 DEFAULT_CAMVID_DIR = Path("../shared/data/camvid-240x180")
 NUM_CLASSES = len(CAMVID_CLASSES)
-METRICS = ("miou", "rare", "frequent", "pixel_accuracy")
+METRICS = (
+    "miou",
+    "rare",
+    "frequent",
+    "class_accuracy",
+    "pixel_accuracy",
+    "rare_recall",
+    "rare_precision",
+)
 BASELINE = "ce"
 # test images shown in the example picture: those with the most rare-class pixels
 NUM_EXAMPLES = 3
@@ -284,18 +292,11 @@ def train_segmentation(
             for row, index in enumerate(batch.tolist()):
                 if index in wanted:
                     predicted[wanted[index]] = prediction[row].numpy().astype(np.uint8)
-    scores = segmentation_scores(confusion, rare)
     total_pixels = sum(counts)
     record = {
         "loss": loss_name,
         "seed": seed,
-        "metrics": {
-            "miou": scores.miou,
-            "rare": scores.rare,
-            "frequent": scores.frequent,
-            "pixel_accuracy": scores.pixel_accuracy,
-        },
-        "per_class": scores.per_class,
+        **_scores_fields(confusion, rare),
         "class_sizes": counts,
         "pixel_share": [c / total_pixels for c in counts],
         "rare_classes": rare,
@@ -305,6 +306,13 @@ def train_segmentation(
         "seconds": time.perf_counter() - started,
     }
     return record, predicted
+
+
+def _scores_fields(confusion: Tensor, rare: Sequence[int]) -> dict[str, Any]:
+    """A run record's ``metrics`` and ``per_class``, from its confusion matrix."""
+    scores = asdict(segmentation_scores(confusion, rare))
+    per_class = scores.pop("per_class")
+    return {"metrics": scores, "per_class": per_class}
 
 
 def _run_path(out: Path, loss: str, seed: int) -> Path:
@@ -373,7 +381,13 @@ def run_segmentation(args: argparse.Namespace) -> int:
         for loss in losses:
             path = _run_path(out, loss, seed)
             if path.exists():
-                runs.append(json.loads(path.read_text()))
+                # scores are recomputed from the saved confusion matrix, so runs saved by
+                # an earlier version report every current metric the same way
+                record = json.loads(path.read_text())
+                record.update(
+                    _scores_fields(torch.tensor(record["confusion"]), record["rare_classes"])
+                )
+                runs.append(record)
                 continue
             hook, writer = (None, None)
             if args.log_dir is not None:
