@@ -83,7 +83,8 @@ def test_segmentation_compare_end_to_end_and_resume(tmp_path: Path) -> None:
         "--limit-images", "4", "--epochs", "2", "--seeds", "0", "--threads", "1",
         "--no-progress", "--out", str(out), "--losses", *losses,
     ]  # fmt: skip
-    assert main(args) == 0
+    assert main([*args, "--log-dir", str(tmp_path / "tb")]) == 0
+    assert list((tmp_path / "tb" / "segmentation-softmax-eql__seed0").glob("events.out.*"))
     results = json.loads((out / "results.json").read_text())
     assert {r["loss"] for r in results["runs"]} == set(losses)
     assert results["config"]["train_images"] == results["config"]["test_images"] == 4

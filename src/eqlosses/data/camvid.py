@@ -99,7 +99,7 @@ def load_camvid(root: str | Path, split: CamVidSplitName, limit: int | None = No
 
     Example:
         >>> test = load_camvid("../shared/data/camvid-240x180", "test")  # doctest: +SKIP
-        >>> test.images.shape, test.labels.shape
+        >>> test.images.shape, test.labels.shape  # doctest: +SKIP
         ((233, 180, 240, 3), (233, 180, 240))
     """
     if split not in CAMVID_SPLITS:
