@@ -6,11 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import SHARED_DATA
 from PIL import Image
 
 from eqlosses.data import DatasetNotFoundError
 from eqlosses.data.camvid import CAMVID_CLASSES, CAMVID_IGNORE_INDEX, load_camvid
+from eqlosses.metrics.segmentation import pixel_counts, rare_classes
 
 CAMVID_DIR = SHARED_DATA / "camvid-240x180"
 
@@ -79,3 +81,19 @@ def test_missing_folder_and_bad_arguments(tmp_path: Path) -> None:
         load_camvid(root, "training")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="limit"):
         load_camvid(root, "train", limit=0)
+
+
+def test_training_pixels_are_long_tailed_with_five_rare_classes(camvid_dir: Path) -> None:
+    labels = load_camvid(camvid_dir, "train").labels
+    counts = np.bincount(labels.ravel(), minlength=12)[:11]
+    share = counts / counts.sum()
+    assert share[3] == pytest.approx(0.331, abs=5e-4)  # road
+    assert share[10] == pytest.approx(0.003, abs=5e-4)  # bicyclist
+    rare = rare_classes(pixel_counts(torch.as_tensor(labels), 11, CAMVID_IGNORE_INDEX))
+    assert [CAMVID_CLASSES[c] for c in rare] == [
+        "Pole",
+        "SignSymbol",
+        "Fence",
+        "Pedestrian",
+        "Bicyclist",
+    ]
