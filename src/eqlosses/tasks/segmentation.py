@@ -440,12 +440,13 @@ def run_segmentation(args: argparse.Namespace) -> int:
     }
     report.write_results(out, payload)
     (out / "results.md").write_text(table + "\nPer-class IoU (%), mean over seeds:\n\n" + classes)
+    labelled = sum(data.train_counts)
     report.plot_per_class(
         runs,
         losses,
         out / "per_class_iou.png",
         ylabel="test IoU",
-        xlabel="training pixels of the class",
+        xlabel=f"training pixels of the class (of {labelled / 1e6:.1f}M labelled)",
     )
     report.plot_grad_ratio_by_class(
         runs, out / "grad_ratio.png", class_names=CAMVID_CLASSES, highlight=rare
