@@ -179,3 +179,99 @@ def plot_grad_ratio(runs: Sequence[Run], path: Path) -> bool:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return True
+
+
+def plot_segmentation_examples(
+    images: Any,
+    labels: Any,
+    predictions: dict[str, Any],
+    path: Path,
+    *,
+    palette: Sequence[tuple[int, int, int]],
+    class_names: Sequence[str],
+) -> None:
+    """A few test images: the image, its ground truth and each loss's predicted map.
+
+    Args:
+        images: uint8 ``(K, H, W, 3)``.
+        labels: integer ``(K, H, W)``; labels past the classes (unlabelled) take the
+            palette's last colour.
+        predictions: loss name → integer ``(K, H, W)`` predicted maps.
+        palette: one RGB colour per class, plus one for unlabelled.
+        class_names: for the legend.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.patches import Patch
+
+    colours = np.asarray(palette, dtype=np.uint8)
+    last = len(colours) - 1
+    columns = ["image", "ground truth", *predictions]
+    rows = len(images)
+    fig, axes = plt.subplots(
+        rows, len(columns), figsize=(2.4 * len(columns), 1.9 * rows + 0.6), squeeze=False
+    )
+    for k in range(rows):
+        panels = [
+            np.asarray(images[k]),
+            colours[np.minimum(np.asarray(labels[k]), last)],
+            *(colours[np.minimum(np.asarray(p[k]), last)] for p in predictions.values()),
+        ]
+        for ax, panel, title in zip(axes[k], panels, columns, strict=True):
+            ax.imshow(panel)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if k == 0:
+                ax.set_title(title, fontsize=9)
+    handles = [Patch(color=colours[c] / 255.0, label=name) for c, name in enumerate(class_names)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=7)
+    fig.tight_layout(rect=(0.0, 0.07, 1.0, 1.0))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_grad_ratio_by_class(
+    runs: Sequence[Run], path: Path, *, class_names: Sequence[str], highlight: Sequence[int]
+) -> bool:
+    """The gradient ratio ``g`` of each named class over training (first seed of each loss
+    that records it), one labelled line per class; the ``highlight`` classes (e.g. the
+    rare ones) dashed. For a few classes, where a colour scale would hide which is which.
+    False if no run records ``g``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recorded: dict[str, Run] = {}
+    for run in runs:
+        if run.get("grad_ratio_history") and run["loss"] not in recorded:
+            recorded[run["loss"]] = run
+    if not recorded:
+        return False
+    fig, axes = plt.subplots(1, len(recorded), figsize=(5.0 * len(recorded), 3.4), squeeze=False)
+    cmap = plt.get_cmap("tab20")
+    marked = set(highlight)
+    for ax, (loss, run) in zip(axes[0], recorded.items(), strict=True):
+        history = run["grad_ratio_history"]
+        epochs = range(1, len(history) + 1)
+        for c, name in enumerate(class_names):
+            ax.plot(
+                epochs,
+                [h[c] for h in history],
+                color=cmap(c % 20),
+                lw=1.2,
+                ls="--" if c in marked else "-",
+                label=f"{name} *" if c in marked else name,
+            )
+        ax.set_yscale("log")
+        ax.set_title(f"{loss}: g per class (* = rare, dashed)", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("pos / neg gradient (g)")
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return True

@@ -1,10 +1,17 @@
 """Data sets and long-tail sampling for the loss comparisons.
 
 Everything reads local files only: Fashion-MNIST from Debian's ``dataset-fashion-mnist``
-package, Omniglot from the project's ``shared/data/omniglot-small`` zips.  A missing data set
+package, Omniglot from the project's ``shared/data/omniglot-small`` zips, CamVid from
+``shared/data/camvid-240x180``.  A missing data set
 raises :class:`DatasetNotFoundError` with a one-line fix.
 """
 
+from eqlosses.data.camvid import (
+    CAMVID_CLASSES,
+    CAMVID_IGNORE_INDEX,
+    CamVid,
+    load_camvid,
+)
 from eqlosses.data.errors import DatasetNotFoundError, WeightsNotFoundError
 from eqlosses.data.fashion_mnist import (
     FASHION_MNIST_CLASSES,
@@ -24,9 +31,12 @@ from eqlosses.data.omniglot import (
 )
 
 __all__ = [
+    "CAMVID_CLASSES",
+    "CAMVID_IGNORE_INDEX",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIR",
     "OMNIGLOT_ZIPS",
+    "CamVid",
     "DatasetNotFoundError",
     "FashionMNIST",
     "Omniglot",
@@ -34,6 +44,7 @@ __all__ = [
     "WeightsNotFoundError",
     "cache_path",
     "cached_features",
+    "load_camvid",
     "load_fashion_mnist",
     "load_omniglot",
     "longtail_counts",

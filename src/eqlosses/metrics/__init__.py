@@ -1,4 +1,5 @@
-"""Evaluation metrics: per-class accuracy, class groups, and seed statistics."""
+"""Evaluation metrics: per-class accuracy, class groups, seed statistics, and segmentation
+IoU with the pixel statistics of a label set."""
 
 from .classification import (
     GroupAccuracy,
@@ -8,12 +9,30 @@ from .classification import (
     mean_std,
     per_class_accuracy,
 )
+from .segmentation import (
+    RARE_PIXEL_SHARE,
+    SegmentationScores,
+    confusion_matrix,
+    iou_per_class,
+    median_frequency_weights,
+    pixel_counts,
+    rare_classes,
+    segmentation_scores,
+)
 
 __all__ = [
+    "RARE_PIXEL_SHARE",
     "GroupAccuracy",
+    "SegmentationScores",
     "beats",
     "class_groups",
+    "confusion_matrix",
     "group_accuracy",
+    "iou_per_class",
     "mean_std",
+    "median_frequency_weights",
     "per_class_accuracy",
+    "pixel_counts",
+    "rare_classes",
+    "segmentation_scores",
 ]

@@ -1,4 +1,5 @@
-"""Backbones for the loss comparisons: a small CNN and a plain-PyTorch EfficientNet-Lite0."""
+"""Backbones for the loss comparisons: a small CNN, a plain-PyTorch EfficientNet-Lite0 and
+a light FPN segmentation decoder over its feature maps."""
 
 from eqlosses.models.efficientnet_lite import (
     EfficientNetLite0,
@@ -7,11 +8,14 @@ from eqlosses.models.efficientnet_lite import (
     preprocess,
     pretrained_weights_path,
 )
+from eqlosses.models.segmentation import FPNDecoder, extract_feature_maps
 from eqlosses.models.small_cnn import SmallCNN, grayscale_batch
 
 __all__ = [
     "EfficientNetLite0",
+    "FPNDecoder",
     "SmallCNN",
+    "extract_feature_maps",
     "extract_features",
     "grayscale_batch",
     "load_pretrained_efficientnet_lite0",

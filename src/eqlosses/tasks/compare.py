@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,20 @@ from .classification import (
 )
 from .distributed import Ranks, init_from_environment, shutdown
 from .losses import BASELINE, LOSSES
+from .segmentation import DEFAULT_CAMVID_DIR, SEGMENTATION_LOSSES, run_segmentation
 
 DEFAULT_OMNIGLOT_DIR = Path("../shared/data/omniglot-small")
 METRICS = ("overall", "head", "middle", "tail", "many", "medium", "few")
+TASKS = ("classification", "segmentation")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        default="classification",
+        help="classification (--dataset) or segmentation (CamVid)",
+    )
     parser.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
     parser.add_argument(
         "--imbalance-ratio", type=float, default=100.0, help="ρ of Fashion-MNIST-LT (10, 50, 100)"
@@ -41,10 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--losses",
         nargs="+",
-        choices=tuple(LOSSES),
-        default=list(LOSSES),
+        choices=tuple(dict.fromkeys([*LOSSES, *SEGMENTATION_LOSSES])),
         metavar="LOSS",
-        help=f"losses to compare (default: all of {', '.join(LOSSES)})",
+        help=f"losses to compare (default: all of the task's; classification: "
+        f"{', '.join(LOSSES)}; segmentation: {', '.join(SEGMENTATION_LOSSES)})",
     )
     parser.add_argument("--epochs", type=int, help="training epochs (default per data set)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -53,8 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        help="Fashion-MNIST IDX folder (default /usr/share/datasets/fashion-mnist) or the "
-        f"Omniglot zip folder (default {DEFAULT_OMNIGLOT_DIR})",
+        help="Fashion-MNIST IDX folder (default /usr/share/datasets/fashion-mnist), the "
+        f"Omniglot zip folder (default {DEFAULT_OMNIGLOT_DIR}) or the CamVid folder "
+        f"(default {DEFAULT_CAMVID_DIR})",
+    )
+    parser.add_argument(
+        "--limit-images",
+        type=int,
+        help="segmentation: use only the first N images of each split (quick checks)",
     )
     parser.add_argument("--cache-dir", type=Path, help="feature cache (default OUT/cache)")
     parser.add_argument("--log-dir", type=Path, help="also write TensorBoard scalars here")
@@ -88,6 +103,17 @@ def _tensorboard_hook(log_dir: Path, loss_name: str, seed: int, data: Classifica
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
+    if args.task == "segmentation":
+        return run_segmentation(args)
+    unknown = [loss for loss in args.losses or () if loss not in LOSSES]
+    if unknown:
+        print(
+            f"eqlosses compare: --losses: expected classification losses among "
+            f"{', '.join(LOSSES)}, got {', '.join(unknown)}",
+            file=sys.stderr,
+        )
+        return 2
+    args.losses = args.losses or list(LOSSES)
     ranks = init_from_environment()
     try:
         return _compare(args, ranks)
