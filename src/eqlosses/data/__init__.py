@@ -5,6 +5,14 @@ package, Omniglot from the project's ``shared/data/omniglot-small`` zips.  A mis
 raises :class:`DatasetNotFoundError` with a one-line fix.
 """
 
+from eqlosses.data.canvases import (
+    CanvasDataset,
+    CanvasSplit,
+    banded_longtail_counts,
+    build_canvases,
+    frequency_group,
+    make_canvases,
+)
 from eqlosses.data.errors import DatasetNotFoundError, WeightsNotFoundError
 from eqlosses.data.fashion_mnist import (
     FASHION_MNIST_CLASSES,
@@ -27,17 +35,23 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIR",
     "OMNIGLOT_ZIPS",
+    "CanvasDataset",
+    "CanvasSplit",
     "DatasetNotFoundError",
     "FashionMNIST",
     "Omniglot",
     "OmniglotSplit",
     "WeightsNotFoundError",
+    "banded_longtail_counts",
+    "build_canvases",
     "cache_path",
     "cached_features",
+    "frequency_group",
     "load_fashion_mnist",
     "load_omniglot",
     "longtail_counts",
     "longtail_subset",
+    "make_canvases",
     "omniglot_lt_split",
     "read_idx",
     "split_validation",
