@@ -17,6 +17,7 @@ from torch import nn
 from .. import report
 from ..losses._base import StatisticsLoss
 from ..metrics import class_groups
+from . import detection
 from .classification import (
     DATASETS,
     DEFAULT_CONFIG,
@@ -31,6 +32,7 @@ from .losses import BASELINE, LOSSES
 
 DEFAULT_OMNIGLOT_DIR = Path("../shared/data/omniglot-small")
 METRICS = ("overall", "head", "middle", "tail", "many", "medium", "few")
+TASKS = ("classification", "detection")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,10 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--losses",
         nargs="+",
-        choices=tuple(LOSSES),
-        default=list(LOSSES),
+        choices=tuple(
+            dict.fromkeys([*LOSSES, *detection.ONE_STAGE_LOSSES, *detection.TWO_STAGE_LOSSES])
+        ),
         metavar="LOSS",
-        help=f"losses to compare (default: all of {', '.join(LOSSES)})",
+        help=f"losses to compare (default: all of the task's; classification: {', '.join(LOSSES)})",
     )
     parser.add_argument("--epochs", type=int, help="training epochs (default per data set)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -59,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, help="feature cache (default OUT/cache)")
     parser.add_argument("--log-dir", type=Path, help="also write TensorBoard scalars here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    # detection: its own options and run (tasks/detection.py)
+    parser.add_argument("--task", choices=TASKS, default="classification")
+    detection.add_arguments(parser)
 
 
 def _run_path(out: Path, loss: str, seed: int) -> Path:
@@ -88,6 +94,9 @@ def _tensorboard_hook(log_dir: Path, loss_name: str, seed: int, data: Classifica
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
+    if args.task == "detection":
+        return detection.run_comparison(args)
+    args.losses = args.losses or list(LOSSES)
     ranks = init_from_environment()
     try:
         return _compare(args, ranks)
