@@ -115,7 +115,7 @@ class TwoStageConfig:
 
 DEFAULT_CONFIG = {
     "one-stage": DetectionConfig(epochs=8, batch_size=16, lr=0.05),
-    "two-stage": DetectionConfig(epochs=8, batch_size=16, lr=0.02),
+    "two-stage": DetectionConfig(epochs=6, batch_size=16, lr=0.05),
 }
 
 
