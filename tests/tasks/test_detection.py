@@ -159,7 +159,10 @@ def test_tiny_end_to_end(omniglot_dir: Path, feature_cache: Path, tmp_path: Path
     assert len(stats["grad_ratio_history"]) == 1 and set(stats["grad_ratio_groups"][0]) == {
         "r", "c", "f"
     }  # fmt: skip
-    # resumable: a finished run is kept, a missing one is redone
+    if detector == "two-stage":
+        return
+    # resumable (the same code for both detectors): a finished run is kept, a missing one
+    # is redone
     kept = out / "runs" / f"{losses[0]}__seed0.json"
     record = json.loads(kept.read_text())
     record["marker"] = "kept"

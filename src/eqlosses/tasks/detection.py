@@ -6,8 +6,10 @@ on frozen, cached EfficientNet-Lite0 maps: the dense heads on strides 16 and 32,
 head on RoIAlign features of strides 8, 16 and 32.
 
 * One-stage: :class:`~eqlosses.models.detectors.DenseHead` (FCOS-like), ``C`` sigmoid
-  logits per location, GIoU box loss. Every classification loss is divided by the same
-  normaliser, the number of positive locations of the step.
+  logits per location, GIoU box loss; focal loss (baseline), EFL, the quality focal loss
+  (``qfl``: EQFL with ``s = 0``, the control for EQFL), EQFL and Sigmoid-EQL. Every
+  classification loss is divided by the same normaliser, the number of positive
+  locations of the step.
 * Two-stage: a class-agnostic :class:`DenseHead` proposal network is trained once per data
   set, its proposals (and the RoIAlign features of every proposal) are cached, and only
   the :class:`~eqlosses.models.detectors.RoIHead` is trained per loss, on RoIs sampled
@@ -53,6 +55,7 @@ from ..losses._base import StatisticsLoss
 from ..losses.peers import FederatedLoss, FocalLoss, SeesawLoss
 from ..models.boxes import (
     box_iou,
+    clip_boxes,
     decode_deltas,
     decode_ltrb,
     elementwise_box_iou,
@@ -75,12 +78,14 @@ from ..models.detectors import (
 )
 
 DETECTORS = ("one-stage", "two-stage")
-ONE_STAGE_LOSSES = ("focal", "efl", "eqfl", "sigmoid-eql")
+ONE_STAGE_LOSSES = ("focal", "efl", "qfl", "eqfl", "sigmoid-eql")
 TWO_STAGE_LOSSES = ("ce", "bce", "eql", "sigmoid-eql", "seesaw", "federated")
 LOSSES_BY_DETECTOR = {"one-stage": ONE_STAGE_LOSSES, "two-stage": TWO_STAGE_LOSSES}
 BASELINES = {"one-stage": "focal", "two-stage": "ce"}
 METRICS = ("AP", "AP50", "AP75", "APr", "APc", "APf")
 GROUPS = ("r", "c", "f")
+# FCOS centre sampling: positives within this many strides of a box centre.
+CENTER_RADIUS = 1.5
 
 
 @dataclass(frozen=True)
@@ -272,6 +277,10 @@ def build_dense_loss(name: str, num_classes: int) -> nn.Module:
         return EqualizedFocalLoss(num_classes)
     if name == "eqfl":
         return EqualizedQualityFocalLoss(num_classes)
+    if name == "qfl":
+        # the quality focal loss itself: EQFL with s = 0 has γ_j = γ_b and w_j = 1 for
+        # every class, so it separates the quality target's effect from equalization's
+        return EqualizedQualityFocalLoss(num_classes, scale=0.0)
     if name == "sigmoid-eql":
         # summed here, divided by the positives by the caller like the others
         return SigmoidEQL(num_classes, reduction="sum")
@@ -288,14 +297,25 @@ class DenseTargets:
 
 
 def dense_targets(
-    data: DetectionData, canvases: Tensor, *, class_agnostic: bool = False
+    data: DetectionData,
+    canvases: Tensor,
+    *,
+    class_agnostic: bool = False,
+    center_radius: float = CENTER_RADIUS,
 ) -> DenseTargets:
     """FCOS targets of ``canvases``; ``class_agnostic``: one class, for proposals."""
     labels, boxes = [], []
     for n in canvases.tolist():
         classes = torch.zeros_like(data.labels[n]) if class_agnostic else data.labels[n]
         num_classes = 1 if class_agnostic else data.num_classes
-        lab, box = fcos_targets(data.points, DENSE_STRIDES, data.boxes[n], classes, num_classes)
+        lab, box = fcos_targets(
+            data.points,
+            DENSE_STRIDES,
+            data.boxes[n],
+            classes,
+            num_classes,
+            center_radius=center_radius,
+        )
         labels.append(lab)
         boxes.append(box)
     return DenseTargets(torch.stack(labels), torch.stack(boxes))
@@ -323,7 +343,7 @@ def _dense_step(
     goal = target_boxes[positive]
     box_loss = (1.0 - elementwise_generalized_box_iou(predicted, goal)).sum() / num_pos
     cls_loss: Tensor
-    if loss_name == "eqfl":
+    if loss_name in ("qfl", "eqfl"):
         quality = torch.zeros(labels.shape, dtype=logits.dtype)
         quality[positive] = elementwise_box_iou(predicted.detach(), goal).clamp_min(0.0)
         cls_loss = loss_fn(logits, labels, quality, avg_factor=num_pos)
@@ -748,17 +768,7 @@ def run_two_stage(
             if rois.shape[0] == 0:
                 continue
             logits, deltas = head(features(torch.arange(rows.start, rows.stop)))
-            boxes = decode_deltas(rois, deltas)
-            height, width = data.image_size
-            boxes = torch.stack(
-                (
-                    boxes[:, 0].clamp(0, width),
-                    boxes[:, 1].clamp(0, height),
-                    boxes[:, 2].clamp(0, width),
-                    boxes[:, 3].clamp(0, height),
-                ),
-                dim=1,
-            )
+            boxes = clip_boxes(decode_deltas(rois, deltas), *data.image_size)
             kept_boxes, scores, classes = roi_detections(spec.scores(logits), boxes)
             detections += _lvis_detections(data, canvas, kept_boxes, scores, classes)
             if len(examples) < num_examples:
@@ -873,6 +883,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="detection only: the Omniglot-Det canvases ('tiny' is a smoke test)",
     )
     parser.add_argument(
+        "--center-radius",
+        type=float,
+        default=CENTER_RADIUS,
+        help="detection only: the one-stage detector's centre-sampling radius in strides "
+        f"(default {CENTER_RADIUS}; smaller means fewer positive locations)",
+    )
+    parser.add_argument(
         "--canvases",
         type=int,
         nargs=2,
@@ -937,7 +954,12 @@ def run_comparison(args: argparse.Namespace) -> int:
     two_stage = TwoStageConfig()
     extra: dict[str, Any] = {}
     if detector == "one-stage":
-        targets = dense_targets(data, data.train)
+        targets = dense_targets(data, data.train, center_radius=args.center_radius)
+        positives = int((targets.labels < data.num_classes).sum())
+        extra = {
+            "center_radius": args.center_radius,
+            "positive_location_share": positives / targets.labels.numel(),
+        }
 
         def run_one(loss: str, seed: int) -> dict[str, Any]:
             return run_one_stage(data, loss, seed, config, targets, progress=progress)
