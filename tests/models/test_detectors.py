@@ -81,6 +81,11 @@ def test_roi_head_shapes():
     assert logits.shape == (7, 5) and deltas.shape == (7, 4)
     with pytest.raises(ValueError, match=r"^num_columns:"):
         RoIHead(4, 0)
+    assert torch.equal(head.classifier.bias, torch.zeros(5))
+    prior = RoIHead(in_features=12, num_columns=5, hidden=8, prior_prob=0.01)
+    torch.testing.assert_close(torch.sigmoid(prior.classifier.bias), torch.full((5,), 0.01))
+    with pytest.raises(ValueError, match=r"^prior_prob:"):
+        RoIHead(4, 3, prior_prob=1.0)
 
 
 def test_sample_rois_respects_the_foreground_share():

@@ -147,6 +147,8 @@ class RoIHead(nn.Module):
         in_features: length of a flattened RoI feature.
         num_columns: class logits per RoI (``C``, or ``C + 1`` with a background column).
         hidden: width of the two hidden layers.
+        prior_prob: if given, every class bias starts at ``-log((1 - p) / p)`` (so every
+            ``σ`` starts near ``p``, as a dense head's); otherwise at 0.
 
     Shape:
         - input: ``(R, in_features)``.
@@ -160,16 +162,25 @@ class RoIHead(nn.Module):
         ((10, 6), (10, 4))
     """
 
-    def __init__(self, in_features: int, num_columns: int, hidden: int = 256) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        num_columns: int,
+        hidden: int = 256,
+        prior_prob: float | None = None,
+    ) -> None:
         super().__init__()
         if num_columns < 1:
             raise ValueError(f"num_columns: expected a positive integer, got {num_columns}")
+        if prior_prob is not None and not 0.0 < prior_prob < 1.0:
+            raise ValueError(f"prior_prob: expected a number in (0, 1), got {prior_prob}")
         self.body = nn.Sequential(
             nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
         )
         self.classifier = nn.Linear(hidden, num_columns)
         self.regressor = nn.Linear(hidden, 4)
-        _init_layer(self.classifier, 0.01, 0.0)
+        bias = 0.0 if prior_prob is None else -math.log((1 - prior_prob) / prior_prob)
+        _init_layer(self.classifier, 0.01, bias)
         _init_layer(self.regressor, 0.001, 0.0)
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:

@@ -695,15 +695,17 @@ def run_two_stage(
     cache: RoICache,
     targets: RoITargets,
     *,
+    class_prior: float | None = None,
     on_epoch: EpochHook | None = None,
     progress: bool = False,
     num_examples: int = 4,
 ) -> dict[str, Any]:
-    """Train and evaluate the RoI head with one loss; returns the run's record."""
+    """Train and evaluate the RoI head with one loss; returns the run's record.
+    ``class_prior``: start every class bias at this probability (default: bias 0)."""
     started = time.perf_counter()
     torch.manual_seed(seed)
     spec = build_roi_loss(loss_name, data, two_stage, seed)
-    head = RoIHead(cache.features.shape[1], spec.columns)
+    head = RoIHead(cache.features.shape[1], spec.columns, prior_prob=class_prior)
     train = data.train.tolist()
     steps = config.epochs * -(-len(train) // config.batch_size)
     optimizer, scheduler = _optimizer(list(head.parameters()), config, steps)
@@ -890,6 +892,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {CENTER_RADIUS}; smaller means fewer positive locations)",
     )
     parser.add_argument(
+        "--roi-class-prior",
+        type=float,
+        help="detection only: start the RoI head's class biases at this probability "
+        "(default: bias 0, the usual Faster R-CNN initialisation)",
+    )
+    parser.add_argument(
         "--canvases",
         type=int,
         nargs=2,
@@ -980,11 +988,22 @@ def run_comparison(args: argparse.Namespace) -> int:
             "proposal_recall_at_0.5": cache.recall,
             "rois": int(cache.rois.shape[0]),
             "roi_feature_dim": int(cache.features.shape[1]),
+            "roi_class_prior": args.roi_class_prior,
         }
         print(f"proposals: recall {cache.recall:.3f} at IoU 0.5", flush=True)
 
         def run_one(loss: str, seed: int) -> dict[str, Any]:
-            return run_two_stage(data, loss, seed, config, two_stage, cache, roi, progress=progress)
+            return run_two_stage(
+                data,
+                loss,
+                seed,
+                config,
+                two_stage,
+                cache,
+                roi,
+                class_prior=args.roi_class_prior,
+                progress=progress,
+            )
 
     runs: list[dict[str, Any]] = []
     for seed in args.seeds:
