@@ -444,3 +444,16 @@ def close(actual, expected, dtype):
     torch.testing.assert_close(
         actual.detach().double(), expected.detach().double(), rtol=tol[0], atol=tol[1]
     )
+
+
+# ------------------------------------------------------------------- federated loss
+def federated_ref(logits, target, chosen, *, weight=None, reduction="mean", ignore_index=-100):
+    """Federated loss for a given class set: BCE on the C foreground columns of a C+1
+    layout, columns outside ``chosen`` (bool (C,)) weighted 0, background column dropped."""
+    num_classes = logits.shape[-1] - 1
+    y, valid = one_hot_rows(target, num_classes, ignore_index=ignore_index)
+    z = logits.reshape(-1, num_classes + 1)[:, :num_classes]
+    W = chosen.double().expand_as(y)
+    return weighted_bce(
+        z, y, W, row_multiplier(valid, weight), reduction, (*target.shape, num_classes)
+    )

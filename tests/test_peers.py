@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from reference_losses import federated_ref
 from torch import Tensor
 
 from eqlosses.functional import LossOutput
@@ -23,10 +24,18 @@ from eqlosses.functional.peers import (
     balanced_softmax_adjustment,
     class_balanced_cross_entropy,
     class_balanced_weights,
+    federated_classes,
+    federated_loss,
     seesaw_loss,
     sigmoid_focal_loss,
 )
-from eqlosses.losses.peers import BalancedSoftmax, ClassBalancedLoss, FocalLoss, SeesawLoss
+from eqlosses.losses.peers import (
+    BalancedSoftmax,
+    ClassBalancedLoss,
+    FederatedLoss,
+    FocalLoss,
+    SeesawLoss,
+)
 
 F64 = torch.float64
 IGNORE = -100
@@ -615,6 +624,23 @@ COUNTS = torch.tensor([10, 5, 1])
         (lambda: SeesawLoss(3, eps=2.0), "eps"),
         (lambda: SeesawLoss(3)(torch.randn(4, 2), LABELS), "logits"),
         (lambda: SeesawLoss(3).predict(torch.randn(4, 2)), "logits"),
+        (lambda: federated_loss(LOGITS, LABELS, COUNTS), "logits"),  # needs C + 1 columns
+        (lambda: federated_loss(torch.randn(4, 4), torch.tensor([0, 4, 1, 1]), COUNTS),
+         "target"),
+        (lambda: federated_loss(torch.randn(4, 4), LABELS.float(), COUNTS), "target"),
+        (lambda: federated_loss(torch.randn(4, 4), LABELS[:3], COUNTS), "target"),
+        (lambda: federated_loss(torch.randn(4, 4), LABELS, torch.tensor([1, -1, 2])),
+         "image_counts"),
+        (lambda: federated_loss(torch.randn(4, 4), LABELS, COUNTS, num_sample_classes=0),
+         "num_sample_classes"),
+        (lambda: federated_loss(torch.randn(4, 4), LABELS, COUNTS, freq_exponent=-1.0),
+         "freq_exponent"),
+        (lambda: federated_loss(torch.randn(4, 4), LABELS, COUNTS, reduction="avg"),
+         "reduction"),
+        (lambda: FederatedLoss([3, 1], num_sample_classes=2.5), "num_sample_classes"),
+        (lambda: FederatedLoss([]), "image_counts"),
+        (lambda: FederatedLoss([3, 1])(torch.randn(4, 2), torch.tensor([0, 1, 2, 2])),
+         "logits"),
     ],
 )  # fmt: skip
 def test_bad_input_names_the_argument(call, name):
@@ -628,6 +654,126 @@ def test_validate_false_skips_value_checks():
     assert out.loss.dim() == 0
     with pytest.raises(ValueError, match=r"^class_counts:"):
         balanced_softmax(LOGITS, LABELS, torch.tensor([1, 2]), validate=False)
+
+
+# ---------------------------------------------------------------- federated
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_federated_classes_keeps_positives_and_fills_up_to_the_total():
+    counts = torch.tensor([400, 90, 30, 7, 3, 1, 0, 12])
+    target = torch.tensor([3, 8, 8, 5, IGNORE, 3])  # 8 = background, IGNORE not a class
+    for seed in range(20):
+        chosen = federated_classes(target, counts, 4, generator=seeded(seed))
+        assert chosen.dtype == torch.bool and chosen.shape == (8,)
+        assert chosen[3] and chosen[5]
+        assert int(chosen.sum()) == 4
+        assert not chosen[6]  # no training image: never drawn
+    # more than the batch's classes: no draw, exactly the positives
+    assert federated_classes(
+        target, counts, 1, generator=seeded()
+    ).nonzero().flatten().tolist() == [
+        3,
+        5,
+    ]
+    # asking for more than can be drawn stops at the classes with images
+    assert int(federated_classes(target, counts, 50, generator=seeded()).sum()) == 7
+    # the same seed gives the same draw
+    a = federated_classes(target, counts, 5, generator=seeded(7))
+    b = federated_classes(target, counts, 5, generator=seeded(7))
+    assert torch.equal(a, b)
+
+
+def test_federated_classes_draw_follows_square_root_frequency():
+    counts = torch.tensor([100.0, 25.0, 4.0, 1.0])
+    background = torch.tensor([4, 4])
+    gen = seeded(3)
+    draws = 1500
+    hits = torch.zeros(4)
+    for _ in range(draws):
+        hits += federated_classes(background, counts, 1, generator=gen).float()
+    expected = counts.sqrt() / counts.sqrt().sum()  # 10, 5, 2, 1 over 18
+    torch.testing.assert_close(hits / draws, expected, atol=0.04, rtol=0.0)
+    # exponent 0: uniform over the classes with images
+    hits.zero_()
+    for _ in range(draws):
+        hits += federated_classes(background, counts, 1, freq_exponent=0.0, generator=gen).float()
+    torch.testing.assert_close(hits / draws, torch.full((4,), 0.25), atol=0.04, rtol=0.0)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_federated_loss_matches_reference(gen, reduction):
+    counts = torch.tensor([300, 80, 20, 9, 4, 2, 1])
+    logits = torch.randn(2, 9, 8, generator=gen, dtype=F64)  # (2, 9) RoIs, C + 1 = 8
+    target = torch.full((2, 9), 7)
+    target[0, :3] = torch.tensor([0, 0, 5])
+    target[1, :2] = torch.tensor([1, IGNORE])
+    weight = torch.rand(2, 9, generator=gen, dtype=F64) + 0.5
+    chosen = federated_classes(target, counts, 4, generator=seeded(11))
+    assert chosen[[0, 1, 5]].all() and int(chosen.sum()) == 4
+    got, want, g_got, g_want = both_grads(
+        lambda z: federated_loss(
+            z, target, counts, num_sample_classes=4, generator=seeded(11), weight=weight,
+            reduction=reduction,
+        ).loss,
+        lambda z: federated_ref(z, target, chosen, weight=weight, reduction=reduction),
+        logits,
+    )  # fmt: skip
+    assert_close(got, want)
+    assert_close(g_got, g_want)
+    # the background column and the classes left out take no gradient
+    assert torch.equal(g_got[..., 7], torch.zeros(2, 9, dtype=F64))
+    assert torch.equal(
+        g_got[..., :7][..., ~chosen], torch.zeros(2, 9, int((~chosen).sum()), dtype=F64)
+    )
+
+
+def test_federated_loss_with_every_class_is_plain_bce(gen):
+    logits = torch.randn(6, 4, generator=gen, dtype=F64)
+    target = torch.tensor([0, 3, 2, 3, 1, 3])
+    y = F.one_hot(target, 4)[:, :3].to(F64)
+    want = F.binary_cross_entropy_with_logits(logits[:, :3], y, reduction="sum") / 6
+    got = federated_loss(logits, target, torch.tensor([5, 3, 1]), num_sample_classes=3).loss
+    assert_close(got, want)
+
+
+def test_federated_gradcheck(gen):
+    logits = torch.randn(5, 6, generator=gen, dtype=F64, requires_grad=True)
+    target = torch.tensor([0, 5, 2, IGNORE, 5])
+    counts = torch.tensor([40, 9, 6, 2, 1])
+    weight = torch.rand(5, generator=gen, dtype=F64) + 0.5
+    for reduction in ("mean", "none"):
+        assert torch.autograd.gradcheck(
+            lambda z, reduction=reduction: federated_loss(
+                z, target, counts, num_sample_classes=3, generator=seeded(5), weight=weight,
+                reduction=reduction,
+            ).loss,
+            (logits,),
+        )  # fmt: skip
+
+
+def test_federated_module(gen):
+    counts = [300, 40, 9, 2, 1]
+    criterion = FederatedLoss(counts, num_sample_classes=3, loss_weight=2.0, generator=seeded(4))
+    logits = torch.randn(8, 6, generator=gen, dtype=F64)
+    target = torch.tensor([0, 5, 5, 3, 5, 5, 0, IGNORE])
+    got = criterion(logits, target)
+    want = (
+        2.0
+        * federated_loss(
+            logits, target, torch.tensor(counts), num_sample_classes=3, generator=seeded(4)
+        ).loss
+    )
+    assert_close(got, want)
+    assert torch.equal(criterion.predict(logits), torch.sigmoid(logits[:, :5]))
+    assert list(criterion.state_dict()) == ["image_counts"]
+    criterion.half()
+    assert criterion.image_counts.dtype == F64
+    with pytest.raises(ValueError, match=r"^logits:"):
+        criterion.predict(torch.randn(3, 5))
 
 
 # -------------------------------------------------------------- distributed

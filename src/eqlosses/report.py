@@ -199,6 +199,19 @@ def plot_segmentation_examples(
         predictions: loss name → integer ``(K, H, W)`` predicted maps.
         palette: one RGB colour per class, plus one for unlabelled.
         class_names: for the legend.
+def plot_detections(
+    images: Sequence[Any],
+    ground_truth: Sequence[tuple[Sequence[Sequence[float]], Sequence[int]]],
+    panels: dict[str, Sequence[Run]],
+    path: Path,
+    *,
+    score_threshold: float = 0.3,
+) -> None:
+    """Test canvases (columns) with each loss's detections (rows).
+
+    Ground-truth boxes are dashed green; a detection at or above ``score_threshold`` is
+    blue when its class is on the canvas and red otherwise, labelled ``class:score``.
+    ``panels[loss][k]`` holds ``boxes``, ``scores`` and ``labels`` for ``images[k]``.
     """
     import matplotlib
 
@@ -275,3 +288,38 @@ def plot_grad_ratio_by_class(
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return True
+    from matplotlib.patches import Rectangle
+
+    rows, cols = len(panels), len(images)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
+    for row, (loss, examples) in enumerate(panels.items()):
+        for col, (image, (gt_boxes, gt_labels), example) in enumerate(
+            zip(images, ground_truth, examples, strict=False)
+        ):
+            ax = axes[row][col]
+            ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+            for (x1, y1, x2, y2), label in zip(gt_boxes, gt_labels, strict=True):
+                ax.add_patch(
+                    Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="tab:green", ls="--")
+                )
+                ax.text(x1, y2, str(label), color="tab:green", fontsize=6, va="top")
+            for (x1, y1, x2, y2), score, label in zip(
+                example["boxes"], example["scores"], example["labels"], strict=True
+            ):
+                if score < score_threshold:
+                    continue
+                colour = "tab:blue" if label in gt_labels else "tab:red"
+                ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=colour))
+                ax.text(x1, y1, f"{label}:{score:.2f}", color=colour, fontsize=6, va="bottom")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(loss)
+    fig.suptitle(
+        f"green dashed: ground truth; blue: detection of a class on the canvas, red: of "
+        f"another class (score >= {score_threshold})",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

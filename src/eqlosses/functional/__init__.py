@@ -11,6 +11,8 @@ from .peers import (
     balanced_softmax_adjustment,
     class_balanced_cross_entropy,
     class_balanced_weights,
+    federated_classes,
+    federated_loss,
     seesaw_loss,
     sigmoid_focal_loss,
 )
@@ -28,6 +30,8 @@ __all__ = [
     "equalized_focal_factors",
     "equalized_focal_loss",
     "equalized_quality_focal_loss",
+    "federated_classes",
+    "federated_loss",
     "seesaw_loss",
     "sigmoid_eql",
     "sigmoid_eql_factors",

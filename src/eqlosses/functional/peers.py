@@ -11,6 +11,8 @@ reductions, ``ignore_index`` handling, precision and memory behaviour:
   samples are weighted by the inverse effective number of their class.
 * :func:`seesaw_loss` (Wang et al., CVPR 2021) is a cross-entropy whose non-target logits
   are shifted by ``log S_ij``, computed per block of rows.
+* :func:`federated_loss` (Zhou et al., 2021) is a sigmoid cross-entropy restricted to the
+  classes of the batch plus sampled negative classes, on the weighted-BCE kernel.
 
 They return :class:`LossOutput` like every functional loss. The peers keep no gradient
 statistics; the increments are those the engine computes anyway and are there only so
@@ -40,6 +42,7 @@ from ..labels import (
 )
 from ._fused import LossOutput, compute_dtype
 from .focal import equalized_focal_loss
+from .sigmoid import sigmoid_eql
 from .softmax import cross_entropy_blocks
 
 __all__ = [
@@ -47,6 +50,8 @@ __all__ = [
     "balanced_softmax_adjustment",
     "class_balanced_cross_entropy",
     "class_balanced_weights",
+    "federated_classes",
+    "federated_loss",
     "seesaw_loss",
     "sigmoid_focal_loss",
 ]
@@ -58,27 +63,28 @@ MIN_COUNT = 1.0
 # ---------------------------------------------------------------------------- checks
 
 
-def _check_counts(class_counts: Tensor, num_classes: int | None, validate: bool) -> Tensor:
+def _check_counts(
+    class_counts: Tensor, num_classes: int | None, validate: bool, name: str = "class_counts"
+) -> Tensor:
     """``class_counts`` as a float64 ``(C,)`` tensor; shape always checked, values when
     ``validate`` (not under ``torch.compile``)."""
     if not isinstance(class_counts, Tensor):
         raise ValueError(
-            f"class_counts: expected a torch.Tensor of per-class counts, got "
+            f"{name}: expected a torch.Tensor of per-class counts, got "
             f"{type(class_counts).__name__}"
         )
     if class_counts.is_complex() or class_counts.dtype == torch.bool:
-        raise ValueError(f"class_counts: expected real counts, got dtype {class_counts.dtype}")
+        raise ValueError(f"{name}: expected real counts, got dtype {class_counts.dtype}")
     if num_classes is None:
         if class_counts.dim() != 1 or class_counts.numel() == 0:
             raise ValueError(
-                f"class_counts: expected a non-empty 1-D tensor, got shape "
-                f"{tuple(class_counts.shape)}"
+                f"{name}: expected a non-empty 1-D tensor, got shape {tuple(class_counts.shape)}"
             )
     else:
-        check_class_vector("class_counts", class_counts, num_classes)
+        check_class_vector(name, class_counts, num_classes)
     counts = class_counts.detach().to(torch.float64)
     if reads_values(validate) and not bool((torch.isfinite(counts) & (counts >= 0)).all()):
-        raise ValueError("class_counts: expected finite counts >= 0, got negative or non-finite")
+        raise ValueError(f"{name}: expected finite counts >= 0, got negative or non-finite")
     return counts
 
 
@@ -504,5 +510,155 @@ def seesaw_loss(
         reduction=reduction,
         ignore_index=ignore_index,
         label_smoothing=0.0,
+        validate=False,  # the labels were checked above
+    )
+
+
+# ------------------------------------------------------------------------ federated
+
+
+def federated_classes(
+    target: Tensor,
+    image_counts: Tensor,
+    num_sample_classes: int = 50,
+    *,
+    freq_exponent: float = 0.5,
+    generator: torch.Generator | None = None,
+    ignore_index: int = -100,
+    validate: bool = True,
+) -> Tensor:
+    r"""The classes a federated loss trains on in one step, as a bool ``(C,)`` mask.
+
+    Every class that is a positive in ``target`` is in; then, while fewer than
+    ``num_sample_classes`` are in, further classes are drawn without replacement with
+    probability proportional to ``n_j^{freq_exponent}`` (``n_j`` the training images
+    containing class ``j``; 0.5 in CenterNet2). A class with ``n_j = 0`` is never drawn.
+    With ``num_sample_classes >= C`` every class is in.
+
+    Args:
+        target: integer labels in ``[0, C]`` (``C`` = background) or ``ignore_index``.
+        image_counts: ``(C,)`` training images per class.
+        num_sample_classes: the total number of classes to reach (50 in CenterNet2).
+        freq_exponent: the exponent of the sampling weights (0.5).
+        generator: the random source of the draw (on the device of ``image_counts``).
+        ignore_index, validate: as usual.
+
+    Example:
+        >>> mask = federated_classes(torch.tensor([0, 4, 4]), torch.tensor([9, 4, 1, 1]), 2,
+        ...                          generator=torch.Generator().manual_seed(0))
+        >>> bool(mask[0]), int(mask.sum())
+        (True, 2)
+    """
+    if isinstance(num_sample_classes, bool) or not isinstance(num_sample_classes, int):
+        raise ValueError(
+            f"num_sample_classes: expected an integer >= 1, got {num_sample_classes!r}"
+        )
+    if num_sample_classes < 1:
+        raise ValueError(f"num_sample_classes: expected an integer >= 1, got {num_sample_classes}")
+    if not (math.isfinite(freq_exponent) and freq_exponent >= 0):
+        raise ValueError(f"freq_exponent: expected a finite number >= 0, got {freq_exponent!r}")
+    counts = _check_counts(image_counts, None, validate, "image_counts")
+    num_classes = counts.numel()
+    if not isinstance(target, Tensor):
+        raise ValueError(f"target: expected a torch.Tensor of labels, got {type(target).__name__}")
+    labels, valid = class_indices(
+        target,
+        target.shape,
+        num_classes,
+        allow_background=True,
+        ignore_index=ignore_index,
+        validate=validate,
+    )
+    chosen = torch.zeros(num_classes + 1, dtype=torch.bool, device=counts.device)
+    chosen[labels[valid].to(counts.device)] = True
+    chosen = chosen[:num_classes]  # background is no class of its own here
+    missing = num_sample_classes - int(chosen.sum())
+    if missing > 0:
+        # n^0 would be 1 for an absent class too: such a class is never drawn
+        prob = torch.where(counts > 0, counts.pow(freq_exponent), torch.zeros_like(counts))
+        prob = prob.masked_fill(chosen, 0.0)
+        available = int((prob > 0).sum())
+        if available > 0:
+            drawn = torch.multinomial(
+                prob, min(missing, available), replacement=False, generator=generator
+            )
+            chosen[drawn] = True
+    return chosen
+
+
+def federated_loss(
+    logits: Tensor,
+    target: Tensor,
+    image_counts: Tensor,
+    *,
+    num_sample_classes: int = 50,
+    freq_exponent: float = 0.5,
+    generator: torch.Generator | None = None,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    ignore_index: int = -100,
+    validate: bool = True,
+) -> LossOutput:
+    r"""Stateless federated loss (Zhou et al., "Probabilistic two-stage detection", 2021).
+
+    .. math::
+        L = \frac{1}{N}\sum_i \sum_{j \in S} \mathrm{BCE}(z_{ij}, y_{ij})
+
+    A sigmoid cross-entropy over the ``C`` foreground columns of a ``C + 1`` layout (the
+    background column, last, takes no loss and no gradient; a background sample, label
+    ``C``, has an all-zero target row), restricted to the step's class set ``S`` from
+    :func:`federated_classes`: the batch's positive classes plus classes drawn with
+    probability ``∝ n_j^{0.5}`` up to ``num_sample_classes``. The columns outside ``S``
+    are neither pushed down nor up. At test time the scores are ``σ(z_j)`` of the ``C``
+    columns.
+
+    Args:
+        logits: ``(..., C + 1)``, background column last.
+        target: integer labels ``(...)`` in ``[0, C]`` or ``ignore_index``.
+        image_counts: ``(C,)`` training images per class (the sampling weights).
+        num_sample_classes: ``|S|`` to reach (50 as in CenterNet2).
+        freq_exponent: exponent of the sampling weights (0.5).
+        generator: the random source of the draw; seed it for a reproducible run.
+        weight: optional per-sample weights ``(...)``.
+        reduction: ``'mean'`` (sum / non-ignored samples, as CenterNet2 divides by the
+            RoIs), ``'sum'`` or ``'none'`` (per entry, ``(..., C)``).
+        ignore_index, validate: as usual.
+
+    Returns:
+        :class:`LossOutput` from the weighted-BCE kernel (increments unused).
+
+    Shape:
+        - logits: ``(..., C + 1)``; target, weight: ``(...)``.
+        - loss: scalar, or ``(..., C)`` for ``'none'``.
+
+    Example:
+        >>> logits = torch.randn(4, 4, requires_grad=True)  # 3 classes + background
+        >>> out = federated_loss(logits, torch.tensor([0, 3, 3, 2]), torch.tensor([50, 9, 1]),
+        ...                      num_sample_classes=2)
+        >>> out.loss.backward()
+        >>> logits.grad[:, -1].abs().sum().item()  # the background column takes no gradient
+        0.0
+    """
+    counts = _check_counts(image_counts, None, False, "image_counts")  # values: below
+    num_classes = counts.numel()
+    check_logits(logits, num_classes + 1)
+    chosen = federated_classes(
+        target,
+        image_counts,
+        num_sample_classes,
+        freq_exponent=freq_exponent,
+        generator=generator,
+        ignore_index=ignore_index,
+        validate=validate,
+    )
+    mask = chosen.to(device=logits.device, dtype=compute_dtype(logits))
+    return sigmoid_eql(
+        logits[..., :num_classes],
+        target,
+        mask,
+        mask,
+        weight=weight,
+        reduction=reduction,
+        ignore_index=ignore_index,
         validate=False,  # the labels were checked above
     )

@@ -2,7 +2,7 @@
 
 from .eql import EQL
 from .focal import EqualizedFocalLoss, EqualizedQualityFocalLoss
-from .peers import BalancedSoftmax, ClassBalancedLoss, FocalLoss, SeesawLoss
+from .peers import BalancedSoftmax, ClassBalancedLoss, FederatedLoss, FocalLoss, SeesawLoss
 from .sigmoid_eql import SigmoidEQL
 from .softmax_eql import SoftmaxEQL
 
@@ -12,6 +12,7 @@ __all__ = [
     "ClassBalancedLoss",
     "EqualizedFocalLoss",
     "EqualizedQualityFocalLoss",
+    "FederatedLoss",
     "FocalLoss",
     "SeesawLoss",
     "SigmoidEQL",

@@ -3,8 +3,9 @@
 Each takes ``reduction``, ``loss_weight``, ``ignore_index`` and ``validate`` and has a
 ``predict(logits)`` that turns logits into the scores used at test time. Only
 :class:`SeesawLoss` is stateful (cumulative class counts); the others hold fixed training
-counts. Count buffers are float64 and stay float64 under ``.half()``, ``.double()`` or
-``.to(torch.bfloat16)`` of a parent model (counts above 65504 overflow float16).
+counts (:class:`FederatedLoss` also a random generator). Count buffers are float64 and
+stay float64 under ``.half()``, ``.double()`` or ``.to(torch.bfloat16)`` of a parent model
+(counts above 65504 overflow float16).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..functional.peers import (
     balanced_softmax,
     class_balanced_cross_entropy,
     class_balanced_weights,
+    federated_loss,
     seesaw_loss,
     sigmoid_focal_loss,
 )
@@ -35,10 +37,10 @@ from ..labels import (
 )
 from ..stats import ClassCounts, keep_float64
 
-__all__ = ["BalancedSoftmax", "ClassBalancedLoss", "FocalLoss", "SeesawLoss"]
+__all__ = ["BalancedSoftmax", "ClassBalancedLoss", "FederatedLoss", "FocalLoss", "SeesawLoss"]
 
 
-def _counts_tensor(class_counts: Sequence[int] | Tensor) -> Tensor:
+def _counts_tensor(class_counts: Sequence[int] | Tensor, name: str = "class_counts") -> Tensor:
     """Training counts as a float64 ``(C,)`` tensor, checked once at construction."""
     if isinstance(class_counts, Tensor):
         counts = class_counts.detach().to(torch.float64)
@@ -47,14 +49,14 @@ def _counts_tensor(class_counts: Sequence[int] | Tensor) -> Tensor:
             counts = torch.as_tensor(list(class_counts), dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError) as error:
             raise ValueError(
-                f"class_counts: expected a sequence of per-class counts, got {class_counts!r}"
+                f"{name}: expected a sequence of per-class counts, got {class_counts!r}"
             ) from error
     if counts.dim() != 1 or counts.numel() == 0:
         raise ValueError(
-            f"class_counts: expected a non-empty 1-D sequence, got shape {tuple(counts.shape)}"
+            f"{name}: expected a non-empty 1-D sequence, got shape {tuple(counts.shape)}"
         )
     if not bool((torch.isfinite(counts) & (counts >= 0)).all()):
-        raise ValueError("class_counts: expected finite counts >= 0, got negative or non-finite")
+        raise ValueError(f"{name}: expected finite counts >= 0, got negative or non-finite")
     return counts.clone()
 
 
@@ -488,3 +490,104 @@ class SeesawLoss(_PeerLoss):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, p={self.p}, q={self.q}, eps={self.eps}"
+
+
+class FederatedLoss(_PeerLoss):
+    r"""Federated loss (Zhou et al., "Probabilistic two-stage detection", 2021).
+
+    .. math::
+        L = \frac{1}{N}\sum_i \sum_{j \in S} \mathrm{BCE}(z_{ij}, y_{ij})
+
+    Sigmoid cross-entropy on the ``C`` foreground columns of a ``C + 1`` layout
+    (background column last, dropped: no loss, no gradient; a background RoI has an
+    all-zero target row), restricted each step to the set ``S`` of the batch's positive
+    classes plus classes drawn without replacement with probability
+    ``∝ n_j^{freq_exponent}`` until ``|S| = num_sample_classes``. See
+    :func:`~eqlosses.functional.peers.federated_loss`. :meth:`predict` is ``σ`` of the
+    ``C`` foreground columns.
+
+    Args:
+        image_counts: training images per class, ``(C,)``; the float64 buffer
+            ``image_counts``.
+        num_sample_classes: ``|S|`` (50 in CenterNet2, for LVIS's 1203 classes).
+        freq_exponent: exponent of the sampling weights (0.5).
+        generator: the random source of the draw (seed it for reproducible runs).
+        reduction: ``'mean'`` over non-ignored samples, ``'sum'`` or ``'none'`` (per entry).
+        loss_weight, ignore_index, validate: as usual.
+
+    Shape:
+        - logits: ``(N, C + 1)``; target, weight: ``(N,)`` labels in ``[0, C]``.
+        - output: scalar, or ``(N, C)`` for ``reduction='none'``.
+
+    Example:
+        >>> criterion = FederatedLoss([500, 50, 5], num_sample_classes=2,
+        ...                           generator=torch.Generator().manual_seed(0))
+        >>> logits = torch.randn(4, 4, requires_grad=True)
+        >>> criterion(logits, torch.tensor([0, 3, 3, 3])).backward()  # 3 = background
+        >>> criterion.predict(logits).shape
+        torch.Size([4, 3])
+    """
+
+    image_counts: Tensor
+
+    def __init__(
+        self,
+        image_counts: Sequence[int] | Tensor,
+        num_sample_classes: int = 50,
+        freq_exponent: float = 0.5,
+        *,
+        generator: torch.Generator | None = None,
+        reduction: Reduction = "mean",
+        loss_weight: float = 1.0,
+        ignore_index: int = -100,
+        validate: bool = True,
+    ) -> None:
+        counts = _counts_tensor(image_counts, "image_counts")
+        super().__init__(
+            counts.numel(),
+            reduction=reduction,
+            loss_weight=loss_weight,
+            ignore_index=ignore_index,
+            validate=validate,
+        )
+        if isinstance(num_sample_classes, bool) or not isinstance(num_sample_classes, int):
+            raise ValueError(
+                f"num_sample_classes: expected an integer >= 1, got {num_sample_classes!r}"
+            )
+        if num_sample_classes < 1:
+            raise ValueError(
+                f"num_sample_classes: expected an integer >= 1, got {num_sample_classes}"
+            )
+        if not (math.isfinite(freq_exponent) and freq_exponent >= 0):
+            raise ValueError(f"freq_exponent: expected a finite number >= 0, got {freq_exponent!r}")
+        self.num_sample_classes = num_sample_classes
+        self.freq_exponent = float(freq_exponent)
+        self.generator = generator
+        self.register_buffer("image_counts", counts)
+
+    def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+        output = federated_loss(
+            logits,
+            target,
+            self.image_counts,
+            num_sample_classes=self.num_sample_classes,
+            freq_exponent=self.freq_exponent,
+            generator=self.generator,
+            weight=weight,
+            reduction=self.reduction,
+            ignore_index=self.ignore_index,
+            validate=self.validate,
+        )
+        return self._weighted(output.loss)
+
+    @torch.no_grad()
+    def predict(self, logits: Tensor) -> Tensor:
+        """Class probabilities ``σ(z_j)`` of the ``C`` foreground columns, ``(..., C)``."""
+        check_logits(logits, self.num_classes + 1)
+        return torch.sigmoid(logits[..., : self.num_classes])
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, num_sample_classes={self.num_sample_classes}, "
+            f"freq_exponent={self.freq_exponent}"
+        )

@@ -1,5 +1,5 @@
-"""Evaluation metrics: per-class accuracy, class groups, seed statistics, and segmentation
-IoU with the pixel statistics of a label set."""
+"""Evaluation metrics: per-class accuracy, class groups and seed statistics; segmentation
+IoU with the pixel statistics of a label set; LVIS box AP through the real evaluator."""
 
 from .classification import (
     GroupAccuracy,
@@ -9,6 +9,7 @@ from .classification import (
     mean_std,
     per_class_accuracy,
 )
+from .detection import LVISMetrics, evaluate_lvis
 from .segmentation import (
     RARE_PIXEL_SHARE,
     SegmentationScores,
@@ -23,10 +24,12 @@ from .segmentation import (
 __all__ = [
     "RARE_PIXEL_SHARE",
     "GroupAccuracy",
+    "LVISMetrics",
     "SegmentationScores",
     "beats",
     "class_groups",
     "confusion_matrix",
+    "evaluate_lvis",
     "group_accuracy",
     "iou_per_class",
     "mean_std",

@@ -18,6 +18,7 @@ from torch import nn
 from .. import report
 from ..losses._base import StatisticsLoss
 from ..metrics import class_groups
+from . import detection
 from .classification import (
     DATASETS,
     DEFAULT_CONFIG,
@@ -33,7 +34,7 @@ from .segmentation import DEFAULT_CAMVID_DIR, SEGMENTATION_LOSSES, run_segmentat
 
 DEFAULT_OMNIGLOT_DIR = Path("../shared/data/omniglot-small")
 METRICS = ("overall", "head", "middle", "tail", "many", "medium", "few")
-TASKS = ("classification", "segmentation")
+TASKS = ("classification", "segmentation", "detection")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--task",
         choices=TASKS,
         default="classification",
-        help="classification (--dataset) or segmentation (CamVid)",
+        help="classification (--dataset), segmentation (CamVid) or detection (--detector)",
     )
     parser.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
     parser.add_argument(
@@ -50,10 +51,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--losses",
         nargs="+",
-        choices=tuple(dict.fromkeys([*LOSSES, *SEGMENTATION_LOSSES])),
+        choices=tuple(
+            dict.fromkeys(
+                [
+                    *LOSSES,
+                    *SEGMENTATION_LOSSES,
+                    *detection.ONE_STAGE_LOSSES,
+                    *detection.TWO_STAGE_LOSSES,
+                ]
+            )
+        ),
         metavar="LOSS",
         help=f"losses to compare (default: all of the task's; classification: "
-        f"{', '.join(LOSSES)}; segmentation: {', '.join(SEGMENTATION_LOSSES)})",
+        f"{', '.join(LOSSES)}; segmentation: {', '.join(SEGMENTATION_LOSSES)}; detection: "
+        f"one-stage {', '.join(detection.ONE_STAGE_LOSSES)}, two-stage "
+        f"{', '.join(detection.TWO_STAGE_LOSSES)})",
     )
     parser.add_argument("--epochs", type=int, help="training epochs (default per data set)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -74,6 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, help="feature cache (default OUT/cache)")
     parser.add_argument("--log-dir", type=Path, help="also write TensorBoard scalars here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    # detection: its own options (tasks/detection.py)
+    detection.add_arguments(parser)
 
 
 def _run_path(out: Path, loss: str, seed: int) -> Path:
@@ -105,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     if args.task == "segmentation":
         return run_segmentation(args)
+    if args.task == "detection":
+        return detection.run_comparison(args)
     unknown = [loss for loss in args.losses or () if loss not in LOSSES]
     if unknown:
         print(
