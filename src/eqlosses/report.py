@@ -199,19 +199,6 @@ def plot_segmentation_examples(
         predictions: loss name → integer ``(K, H, W)`` predicted maps.
         palette: one RGB colour per class, plus one for unlabelled.
         class_names: for the legend.
-def plot_detections(
-    images: Sequence[Any],
-    ground_truth: Sequence[tuple[Sequence[Sequence[float]], Sequence[int]]],
-    panels: dict[str, Sequence[Run]],
-    path: Path,
-    *,
-    score_threshold: float = 0.3,
-) -> None:
-    """Test canvases (columns) with each loss's detections (rows).
-
-    Ground-truth boxes are dashed green; a detection at or above ``score_threshold`` is
-    blue when its class is on the canvas and red otherwise, labelled ``class:score``.
-    ``panels[loss][k]`` holds ``boxes``, ``scores`` and ``labels`` for ``images[k]``.
     """
     import matplotlib
 
@@ -288,6 +275,26 @@ def plot_grad_ratio_by_class(
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return True
+
+
+def plot_detections(
+    images: Sequence[Any],
+    ground_truth: Sequence[tuple[Sequence[Sequence[float]], Sequence[int]]],
+    panels: dict[str, Sequence[Run]],
+    path: Path,
+    *,
+    score_threshold: float = 0.3,
+) -> None:
+    """Test canvases (columns) with each loss's detections (rows).
+
+    Ground-truth boxes are dashed green; a detection at or above ``score_threshold`` is
+    blue when its class is on the canvas and red otherwise, labelled ``class:score``.
+    ``panels[loss][k]`` holds ``boxes``, ``scores`` and ``labels`` for ``images[k]``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
     rows, cols = len(panels), len(images)

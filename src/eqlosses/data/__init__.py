@@ -11,6 +11,7 @@ from eqlosses.data.camvid import (
     CAMVID_IGNORE_INDEX,
     CamVid,
     load_camvid,
+)
 from eqlosses.data.canvases import (
     CanvasDataset,
     CanvasSplit,
@@ -55,8 +56,8 @@ __all__ = [
     "build_canvases",
     "cache_path",
     "cached_features",
-    "load_camvid",
     "frequency_group",
+    "load_camvid",
     "load_fashion_mnist",
     "load_omniglot",
     "longtail_counts",

@@ -136,13 +136,22 @@ def evaluate_lvis(
         over IoU thresholds), NaN where undefined (a category without ground truth in ``gt``,
         a group or area range without any).  No detection at all scores 0 where defined.
 
-    Example::
+    Example (one image, one rare category, its box detected exactly):
 
-        >>> metrics = evaluate_lvis(dataset.lvis("test"), detections)
-        >>> metrics["AP"], metrics["APr"]
+        >>> image = {"id": 1, "width": 32, "height": 32, "neg_category_ids": [],
+        ...          "not_exhaustive_category_ids": []}
+        >>> box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 10, 12],
+        ...        "area": 120}
+        >>> category = {"id": 1, "name": "glyph", "frequency": "r", "image_count": 1,
+        ...             "instance_count": 1}
+        >>> gt = {"images": [image], "annotations": [box], "categories": [category]}
+        >>> found = {"image_id": 1, "category_id": 1, "bbox": [4, 4, 10, 12], "score": 0.9}
+        >>> metrics = evaluate_lvis(gt, [found])
+        >>> round(metrics["AP"], 3), round(metrics["APr"], 3)
+        (1.0, 1.0)
     """
     if max_dets < 1:
-        raise ValueError(f"max_dets must be >= 1, got {max_dets}")
+        raise ValueError(f"max_dets: expected a positive integer, got {max_dets}")
     _check_inputs(gt, detections)
     results = [dict(det) for det in detections]
     if not results and gt["images"] and gt["categories"]:

@@ -31,6 +31,9 @@ one-stage, every loss     ``C`` sigmoid columns; background rows all zero
 ``federated``             ``C + 1``: background column dropped, sigmoid BCE on the batch's
                           classes plus sampled ones; score ``σ`` of the ``C`` columns
 ========================  ==========================================================
+
+Every sigmoid head (one-stage, ``bce``, ``eql``, ``sigmoid-eql``, ``federated``) starts
+its class columns at ``σ = 0.01``; the softmax heads (``ce``, ``seesaw``) at bias 0.
 """
 
 from __future__ import annotations
@@ -586,14 +589,22 @@ def build_roi_cache(
     return RoICache(rois, features, offsets, hit / max(total, 1))
 
 
+# A sigmoid head starts every class at this probability, as RetinaNet/FCOS heads (and
+# CenterNet2's federated-loss RoI head) do: at bias 0 each RoI would push all C columns
+# down from σ = 0.5 at once, and the first steps would drown the positives.
+SIGMOID_PRIOR = 0.01
+
+
 @dataclass
 class RoILoss:
-    """One two-stage classification loss: its module, column count and scoring."""
+    """One two-stage classification loss: its module, column count, scoring and the
+    initial probability of its class columns (``None``: bias 0, a softmax head)."""
 
     module: nn.Module
     columns: int
     loss: Callable[[Tensor, Tensor], Tensor]
     scores: Callable[[Tensor], Tensor]
+    prior_prob: float | None = None
 
 
 def build_roi_loss(name: str, data: DetectionData, two_stage: TwoStageConfig, seed: int) -> RoILoss:
@@ -610,17 +621,17 @@ def build_roi_loss(name: str, data: DetectionData, two_stage: TwoStageConfig, se
             summed = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
             return summed / max(labels.shape[0], 1)
 
-        return RoILoss(identity, c, bce, torch.sigmoid)
+        return RoILoss(identity, c, bce, torch.sigmoid, SIGMOID_PRIOR)
     if name == "eql":
         num_images = data.train.numel()
         rare = [n for n, g in zip(data.image_counts, data.groups, strict=True) if g == "r"]
         # λ just above the most frequent 'r' class: the rare classes are LVIS's 'r' group
         threshold = (max(rare, default=0) + 0.5) / num_images
         eql = EQL(data.image_counts, num_images, threshold, activation="sigmoid")
-        return RoILoss(eql, c, eql, eql.predict)
+        return RoILoss(eql, c, eql, eql.predict, SIGMOID_PRIOR)
     if name == "sigmoid-eql":
         eqlv2 = SigmoidEQL(c, objectness=True)
-        return RoILoss(eqlv2, c + 1, eqlv2, eqlv2.predict)
+        return RoILoss(eqlv2, c + 1, eqlv2, eqlv2.predict, SIGMOID_PRIOR)
     if name == "seesaw":
         seesaw = SeesawLoss(c, reduction="sum")
 
@@ -647,7 +658,7 @@ def build_roi_loss(name: str, data: DetectionData, two_stage: TwoStageConfig, se
             num_sample_classes=min(sampled, c),
             generator=torch.Generator().manual_seed(seed),
         )
-        return RoILoss(federated, c + 1, federated, federated.predict)
+        return RoILoss(federated, c + 1, federated, federated.predict, SIGMOID_PRIOR)
     known = ", ".join(TWO_STAGE_LOSSES)
     raise ValueError(f"loss: expected one of {known} for the two-stage detector, got {name!r}")
 
@@ -695,17 +706,15 @@ def run_two_stage(
     cache: RoICache,
     targets: RoITargets,
     *,
-    class_prior: float | None = None,
     on_epoch: EpochHook | None = None,
     progress: bool = False,
     num_examples: int = 4,
 ) -> dict[str, Any]:
-    """Train and evaluate the RoI head with one loss; returns the run's record.
-    ``class_prior``: start every class bias at this probability (default: bias 0)."""
+    """Train and evaluate the RoI head with one loss; returns the run's record."""
     started = time.perf_counter()
     torch.manual_seed(seed)
     spec = build_roi_loss(loss_name, data, two_stage, seed)
-    head = RoIHead(cache.features.shape[1], spec.columns, prior_prob=class_prior)
+    head = RoIHead(cache.features.shape[1], spec.columns, prior_prob=spec.prior_prob)
     train = data.train.tolist()
     steps = config.epochs * -(-len(train) // config.batch_size)
     optimizer, scheduler = _optimizer(list(head.parameters()), config, steps)
@@ -892,12 +901,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {CENTER_RADIUS}; smaller means fewer positive locations)",
     )
     parser.add_argument(
-        "--roi-class-prior",
-        type=float,
-        help="detection only: start the RoI head's class biases at this probability "
-        "(default: bias 0, the usual Faster R-CNN initialisation)",
-    )
-    parser.add_argument(
         "--canvases",
         type=int,
         nargs=2,
@@ -988,7 +991,7 @@ def run_comparison(args: argparse.Namespace) -> int:
             "proposal_recall_at_0.5": cache.recall,
             "rois": int(cache.rois.shape[0]),
             "roi_feature_dim": int(cache.features.shape[1]),
-            "roi_class_prior": args.roi_class_prior,
+            "roi_sigmoid_prior": SIGMOID_PRIOR,
         }
         print(f"proposals: recall {cache.recall:.3f} at IoU 0.5", flush=True)
 
@@ -1001,7 +1004,6 @@ def run_comparison(args: argparse.Namespace) -> int:
                 two_stage,
                 cache,
                 roi,
-                class_prior=args.roi_class_prior,
                 progress=progress,
             )
 
