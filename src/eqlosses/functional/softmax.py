@@ -111,16 +111,19 @@ def _softmax_kernel(
             neg_inc = magnitude.sum(0) - pos_inc
             grad.mul_(scale.unsqueeze(1))
         elif label_smoothing == 0:
-            # grad is exp(z̃ - max) = total · softmax(z̃): fold 1/total into the row factors
-            target_prob = grad.gather(1, label).squeeze(1) * inverse
+            # grad is exp(z̃ - max) = total · softmax(z̃): fold 1/total into the row factors.
+            # The target entries stay in place (no zeroing scatter, which is slow on the
+            # strided per-pixel blocks): the column sums lose their targets' share
+            # afterwards, and one scatter_add turns p into p - 1.
+            target_prob = torch.exp(target_logit - shift.squeeze(1)) * inverse
             loss = log_norm - target_logit
-            grad.scatter_(1, label, 0.0)
+            weighted_prob = weight * target_prob
             neg_inc = (weight * inverse) @ grad
+            neg_inc.index_add_(0, label.squeeze(1), weighted_prob, alpha=-1.0)
             grad.mul_((scale * inverse).unsqueeze(1))
-            target_grad = target_prob - 1.0
-            grad.scatter_(1, label, (target_grad * scale).unsqueeze(1))
+            grad.scatter_add_(1, label, -scale.unsqueeze(1))
             pos_inc = torch.zeros(num_columns, dtype=logits.dtype, device=logits.device)
-            pos_inc.index_add_(0, label.squeeze(1), weight * target_grad.abs())
+            pos_inc.index_add_(0, label.squeeze(1), weight - weighted_prob)
         else:
             assert mean_logit is not None
             smooth = label_smoothing / num_columns
