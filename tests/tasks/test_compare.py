@@ -141,3 +141,16 @@ def test_log_dir_writes_tensorboard_scalars(tiny_fashion: Path, tmp_path: Path) 
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "grad_ratio/head", "grad_ratio/tail"} <= tags
     assert len(events.Scalars("train/loss")) == 2  # one per epoch
+
+
+def test_unsupported_options_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = str(tmp_path / "out")
+    code = main(["compare", "--task", "detection", "--log-dir", str(tmp_path), "--out", out])
+    assert code == 2
+    assert "--log-dir" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["compare", "--task", "segmentation", "--out", out]) == 2
+    assert "--task segmentation" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "runs").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,13 @@ def _tensorboard_hook(log_dir: Path, loss_name: str, seed: int, data: Classifica
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
+    if args.task != "classification" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        print(
+            f"eqlosses compare: torchrun: only the classification task runs distributed, "
+            f"got --task {args.task}",
+            file=sys.stderr,
+        )
+        return 2
     if args.task == "segmentation":
         return run_segmentation(args)
     if args.task == "detection":

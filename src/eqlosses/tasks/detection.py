@@ -931,6 +931,9 @@ def run_comparison(args: argparse.Namespace) -> int:
     """``eqlosses compare --task detection``: every (loss, seed) run, then the outputs."""
     from .compare import DEFAULT_OMNIGLOT_DIR
 
+    if args.log_dir is not None:
+        print("eqlosses: --log-dir: not supported by the detection task", file=sys.stderr)
+        return 2
     detector: str = args.detector
     allowed = LOSSES_BY_DETECTOR[detector]
     losses: list[str] = list(args.losses or allowed)
