@@ -144,6 +144,15 @@ def plot_per_class(
     plt.close(fig)
 
 
+def _first_runs_with_grad_ratio(runs: Sequence[Run]) -> dict[str, Run]:
+    """Loss name -> its first run that records ``g`` per epoch."""
+    recorded: dict[str, Run] = {}
+    for run in runs:
+        if run.get("grad_ratio_history") and run["loss"] not in recorded:
+            recorded[run["loss"]] = run
+    return recorded
+
+
 def plot_grad_ratio(runs: Sequence[Run], path: Path) -> bool:
     """The per-class gradient ratio ``g`` over training (first seed of each loss that
     records it), each class coloured by its class size; False if no run records it."""
@@ -152,10 +161,7 @@ def plot_grad_ratio(runs: Sequence[Run], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recorded: dict[str, Run] = {}
-    for run in runs:
-        if run.get("grad_ratio_history") and run["loss"] not in recorded:
-            recorded[run["loss"]] = run
+    recorded = _first_runs_with_grad_ratio(runs)
     if not recorded:
         return False
     fig, axes = plt.subplots(1, len(recorded), figsize=(4.2 * len(recorded), 3.2), squeeze=False)
@@ -245,10 +251,7 @@ def plot_grad_ratio_by_class(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recorded: dict[str, Run] = {}
-    for run in runs:
-        if run.get("grad_ratio_history") and run["loss"] not in recorded:
-            recorded[run["loss"]] = run
+    recorded = _first_runs_with_grad_ratio(runs)
     if not recorded:
         return False
     fig, axes = plt.subplots(1, len(recorded), figsize=(5.0 * len(recorded), 3.4), squeeze=False)

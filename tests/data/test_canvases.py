@@ -13,9 +13,7 @@ from eqlosses.data.canvases import (
     CanvasDataset,
     banded_longtail_counts,
     build_canvases,
-    make_canvases,
 )
-from eqlosses.data.errors import DatasetNotFoundError
 from eqlosses.data.omniglot import Omniglot, load_omniglot
 
 # 30 classes on small canvases: 9 frequent, 12 common, 9 rare; about 1,500 training glyphs.
@@ -182,12 +180,10 @@ def test_lvis_dict_lists_every_absent_category(small: CanvasDataset) -> None:
     assert len(train_gt["annotations"]) == int(small.train_image_counts.sum())
 
 
-def test_bad_arguments(omniglot: Omniglot, small: CanvasDataset, tmp_path: Path) -> None:
+def test_bad_arguments(omniglot: Omniglot, small: CanvasDataset) -> None:
     with pytest.raises(ValueError, match="disjoint"):
         build_canvases(omniglot, train_drawings=range(16), test_drawings=range(15, 20))
     with pytest.raises(ValueError, match="num_train=100"):
         build_canvases(omniglot, num_classes=30, num_train=100, n_max=101)
     with pytest.raises(ValueError, match="split"):
         small.lvis("val")  # type: ignore[arg-type]
-    with pytest.raises(DatasetNotFoundError):
-        make_canvases(tmp_path)

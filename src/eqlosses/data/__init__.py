@@ -18,7 +18,6 @@ from eqlosses.data.canvases import (
     banded_longtail_counts,
     build_canvases,
     frequency_group,
-    make_canvases,
 )
 from eqlosses.data.errors import DatasetNotFoundError, WeightsNotFoundError
 from eqlosses.data.fashion_mnist import (
@@ -62,7 +61,6 @@ __all__ = [
     "load_omniglot",
     "longtail_counts",
     "longtail_subset",
-    "make_canvases",
     "omniglot_lt_split",
     "read_idx",
     "split_validation",

@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -37,7 +36,7 @@ import numpy.typing as npt
 import torch
 from PIL import Image, ImageDraw
 
-from eqlosses.data.omniglot import DRAWINGS_PER_CLASS, Omniglot, load_omniglot
+from eqlosses.data.omniglot import DRAWINGS_PER_CLASS, Omniglot
 
 RARE_MAX_IMAGES = 10
 COMMON_MAX_IMAGES = 100
@@ -206,48 +205,6 @@ class CanvasDataset:
             for j, name in enumerate(self.class_names)
         ]
         return {"images": images, "annotations": annotations, "categories": categories}
-
-
-def make_canvases(
-    omniglot_dir: str | Path,
-    *,
-    seed: int = 0,
-    num_classes: int | None = None,
-    num_train: int = 2500,
-    num_test: int = 500,
-    test_images_per_class: int = 10,
-    size: int = 256,
-    n_max: int = 140,
-    group_fractions: tuple[float, float] = (0.3, 0.4),
-    glyphs_per_canvas: tuple[int, int] = (3, 8),
-    glyph_size: tuple[int, int] = (24, 88),
-    max_overlap: float = 0.15,
-    clutter: bool = True,
-    train_drawings: Sequence[int] = tuple(range(15)),
-    test_drawings: Sequence[int] = tuple(range(15, 20)),
-) -> CanvasDataset:
-    """Load Omniglot from ``omniglot_dir`` and build Omniglot-Det (see :func:`build_canvases`).
-
-    Raises:
-        DatasetNotFoundError: if the Omniglot zips are not in ``omniglot_dir``.
-    """
-    return build_canvases(
-        load_omniglot(omniglot_dir),
-        seed=seed,
-        num_classes=num_classes,
-        num_train=num_train,
-        num_test=num_test,
-        test_images_per_class=test_images_per_class,
-        size=size,
-        n_max=n_max,
-        group_fractions=group_fractions,
-        glyphs_per_canvas=glyphs_per_canvas,
-        glyph_size=glyph_size,
-        max_overlap=max_overlap,
-        clutter=clutter,
-        train_drawings=train_drawings,
-        test_drawings=test_drawings,
-    )
 
 
 def build_canvases(

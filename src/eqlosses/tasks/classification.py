@@ -36,6 +36,7 @@ from ..models.efficientnet_lite import extract_features
 from ..models.small_cnn import SmallCNN, grayscale_batch
 from .distributed import Ranks
 from .losses import build_loss, predict_scores
+from .progress import epoch_iterator
 
 Dataset = Literal["fashion-mnist", "omniglot"]
 DATASETS: tuple[Dataset, ...] = ("fashion-mnist", "omniglot")
@@ -168,11 +169,7 @@ def train_one(
     history: list[list[float]] = []
     started = time.perf_counter()
 
-    epochs: Any = range(config.epochs)
-    if progress and ranks.is_main:
-        from tqdm import tqdm
-
-        epochs = tqdm(epochs, desc=f"{loss_name} seed {seed}", leave=False, unit="epoch")
+    epochs = epoch_iterator(config.epochs, f"{loss_name} seed {seed}", progress and ranks.is_main)
     for epoch in epochs:
         model.train()
         loss_fn.train()

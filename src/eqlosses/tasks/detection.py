@@ -79,6 +79,7 @@ from ..models.detectors import (
     roi_detections,
     sample_rois,
 )
+from .progress import epoch_iterator
 
 DETECTORS = ("one-stage", "two-stage")
 ONE_STAGE_LOSSES = ("focal", "efl", "qfl", "eqfl", "sigmoid-eql")
@@ -414,11 +415,7 @@ def train_dense(
     strides = _location_strides(data)
     history: list[list[float]] = []
     epoch_seconds: list[float] = []
-    epochs: Any = range(config.epochs)
-    if progress:
-        from tqdm import tqdm
-
-        epochs = tqdm(epochs, desc=f"{loss_name} seed {seed}", leave=False, unit="epoch")
+    epochs = epoch_iterator(config.epochs, f"{loss_name} seed {seed}", progress)
     for epoch in epochs:
         started = time.perf_counter()
         model.train()
@@ -725,11 +722,7 @@ def run_two_stage(
     def features(rows: Tensor) -> Tensor:
         return (cache.features[rows].float() - targets.mean) / targets.std
 
-    epochs: Any = range(config.epochs)
-    if progress:
-        from tqdm import tqdm
-
-        epochs = tqdm(epochs, desc=f"{loss_name} seed {seed}", leave=False, unit="epoch")
+    epochs = epoch_iterator(config.epochs, f"{loss_name} seed {seed}", progress)
     for epoch in epochs:
         epoch_started = time.perf_counter()
         head.train()
@@ -834,15 +827,16 @@ def load_detection_data(
     num_test: int | None = None,
 ) -> DetectionData:
     """Build the canvases (seed :data:`DATA_SEED`) and their backbone maps (cached)."""
-    from ..data.canvases import make_canvases
+    from ..data.canvases import build_canvases
     from ..data.features import cached_features
+    from ..data.omniglot import load_omniglot
 
     options = dict(CANVAS_PRESETS[preset])
     if num_train is not None:
         options["num_train"] = num_train
     if num_test is not None:
         options["num_test"] = num_test
-    canvases = make_canvases(omniglot_dir, seed=DATA_SEED, **options)
+    canvases = build_canvases(load_omniglot(omniglot_dir), seed=DATA_SEED, **options)
     images = torch.cat([canvases.train.images, canvases.test.images])
     archives = sorted(p.name for p in Path(omniglot_dir).glob("*.zip"))
     key = f"omniglot-det|{archives}|seed={DATA_SEED}|{sorted(options.items())}|lite0|8,16,32"

@@ -55,6 +55,7 @@ from ..metrics.segmentation import (
 )
 from ..models.efficientnet_lite import load_pretrained_efficientnet_lite0
 from ..models.segmentation import LITE0_MAP_CHANNELS, FPNDecoder, extract_feature_maps
+from .progress import epoch_iterator
 
 DEFAULT_CAMVID_DIR = Path("../shared/data/camvid-240x180")
 NUM_CLASSES = len(CAMVID_CLASSES)
@@ -249,11 +250,7 @@ def train_segmentation(
     epoch_seconds: list[float] = []
     started = time.perf_counter()
 
-    epochs: Any = range(config.epochs)
-    if progress:
-        from tqdm import tqdm
-
-        epochs = tqdm(epochs, desc=f"{loss_name} seed {seed}", leave=False, unit="epoch")
+    epochs = epoch_iterator(config.epochs, f"{loss_name} seed {seed}", progress)
     for epoch in epochs:
         epoch_start = time.perf_counter()
         decoder.train()
