@@ -288,6 +288,20 @@ def test_non_finite_step_is_dropped_entirely(where: str, bad: float) -> None:
 
 
 @pytest.mark.parametrize("bad", _BAD, ids=["inf", "-inf", "nan"])
+@pytest.mark.parametrize("shape", [(), (4, 3)], ids=["scalar", "per-entry"])
+def test_non_finite_loss_drops_a_finite_step(bad: float, shape: tuple[int, ...]) -> None:
+    stats = _filled()
+    before = _snapshot(stats)
+    loss = torch.ones(shape)
+    loss.view(-1)[-1] = bad
+    assert not bool(stats.update(POS, NEG, 2.0, loss=loss))
+    _assert_unchanged(stats, before)
+    # the same increments with a finite loss (large, in float16) are accepted
+    assert bool(stats.update(POS, NEG, 2.0, loss=torch.full(shape, 6e4, dtype=torch.float16)))
+    assert int(stats.num_updates) == int(before["num_updates"]) + 1
+
+
+@pytest.mark.parametrize("bad", _BAD, ids=["inf", "-inf", "nan"])
 def test_non_finite_first_step_keeps_initial_ratio(bad: float) -> None:
     stats = GradientStatistics(C, 100.0)
     accepted = stats.update(torch.tensor([1.0, bad, 0.0]), torch.ones(C))
@@ -399,7 +413,7 @@ def test_counter_beyond_float16_range_is_exact() -> None:
 
 class _FakeOtherRank:
     """Stands in for ``dist.all_reduce``: adds another rank's packed
-    [pos, neg, normaliser, samples, non-finite flag] (one sample, a finite loss)."""
+    [pos, neg, normaliser, samples, loss sum] (one sample, a finite loss)."""
 
     def __init__(self, pos: list[float], neg: list[float], norm: float) -> None:
         self.other = torch.tensor([*pos, *neg, norm, 1.0, 0.0], dtype=torch.float64)
@@ -454,6 +468,15 @@ def test_unnormalised_statistics_sum_over_ranks(fake_rank) -> None:
     stats.update(torch.tensor([1.0, 1.0, 1.0]), torch.tensor([1.0, 1.0, 1.0]))
     assert torch.equal(stats.pos_grad, torch.tensor([4.0, 1.0, 2.0], dtype=torch.float64))
     assert torch.equal(stats.neg_grad, torch.tensor([6.0, 5.0, 3.0], dtype=torch.float64))
+
+
+def test_non_finite_loss_on_the_other_rank_drops_the_step_here(fake_rank) -> None:
+    stats = _filled()
+    before = _snapshot(stats)
+    fake = fake_rank([3.0, 0.0, 1.0], [5.0, 4.0, 2.0], 4.0)
+    fake.other[-1] = float("inf")  # that rank's loss was not finite
+    assert not bool(stats.update(torch.ones(C), torch.ones(C), 2.0, loss=torch.tensor(0.5)))
+    _assert_unchanged(stats, before)
 
 
 @pytest.mark.parametrize("where", ["pos", "neg", "norm"])

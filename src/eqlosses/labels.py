@@ -107,26 +107,33 @@ def class_indices(
         raise ValueError(f"target: expected integer class labels, got dtype {target.dtype}")
     check_same_rows("target", target, rows_shape)
     check_choice("background_index", background_index, BACKGROUND_INDICES)
-    labels = target.reshape(-1).long()
+    labels = target.reshape(-1)
+    if labels.dtype != torch.long:
+        labels = labels.long()
     valid = labels != ignore_index
-    if reads_values(validate):
+    # Ignored rows take a label that is in range for the check below and means
+    # "background" (or class 0 where there is none) once translated.
+    first = allow_background and background_index == "first"
+    fill = 0 if first or not allow_background else num_classes
+    labels = torch.where(valid, labels, fill)
+    if reads_values(validate) and labels.numel() > 0:
         # both background layouts use the range [0, C]: label C or label 0 is background
         highest = num_classes if allow_background else num_classes - 1
-        bad = valid & ((labels < 0) | (labels > highest))
-        if bool(bad.any()):
-            first_bad = int(labels[bad][0])
+        lowest_seen, highest_seen = (int(v) for v in torch.aminmax(labels))
+        if lowest_seen < 0 or highest_seen > highest:
+            first_bad = int(labels[(labels < 0) | (labels > highest)][0])
             if not allow_background:
                 what = f"labels in [0, {num_classes - 1}]"
-            elif background_index == "first":
+            elif first:
                 what = f"labels in [0, {num_classes}] (0 = background, 1..{num_classes} = classes)"
             else:
                 what = f"labels in [0, {num_classes}] ({num_classes} = background)"
             raise ValueError(
                 f"target: expected {what} or ignore_index={ignore_index}, got {first_bad}"
             )
-    if allow_background and background_index == "first":
+    if first:
         labels = torch.where(labels == 0, num_classes, labels - 1)
-    return torch.where(valid, labels, num_classes if allow_background else 0), valid
+    return labels, valid
 
 
 def row_weights(

@@ -89,7 +89,7 @@ class GradientStatistics(nn.Module):
         """``g = pos_grad / (neg_grad + 1e-10)``, float64 ``(C,)``; the initial ratio
         until the first update."""
         ratio = self.pos_grad / (self.neg_grad + RATIO_EPS)
-        return torch.where(self.num_updates > 0, ratio, torch.full_like(ratio, self.initial_ratio))
+        return torch.where(self.num_updates > 0, ratio, self.initial_ratio)
 
     @torch.no_grad()
     def reset_statistics(self) -> None:
@@ -106,7 +106,7 @@ class GradientStatistics(nn.Module):
         normaliser: Tensor | float | None = None,
         *,
         num_samples: Tensor | float = 1.0,
-        finite: Tensor | bool = True,
+        loss: Tensor | None = None,
     ) -> Tensor:
         """Add one step's increments; returns a bool tensor: was the step accepted.
 
@@ -117,8 +117,9 @@ class GradientStatistics(nn.Module):
         normaliser below 1 counts as 1. ``None`` means no normalisation.
 
         The step is dropped when, summed over the ranks, an increment is not finite, any
-        rank reports ``finite=False`` (its loss was not finite), or no rank had a sample
-        (``num_samples``): an empty step must not end the "not yet updated" state.
+        rank's ``loss`` (the step's loss, any shape) has a non-finite entry, or no rank
+        had a sample (``num_samples``): an empty step must not end the "not yet updated"
+        state.
 
         Every rank must call this the same number of times (a rank with an empty batch
         passes zeros), since it joins one all-reduce.
@@ -129,29 +130,36 @@ class GradientStatistics(nn.Module):
                 f"pos_increment/neg_increment: expected shape ({num_classes},), got "
                 f"{tuple(pos_increment.shape)} and {tuple(neg_increment.shape)}"
             )
+        float64 = torch.float64
         device = self.pos_grad.device
-
-        # One buffer, so one all-reduce: [pos, neg, normaliser, samples, non-finite flag].
-        packed = torch.empty(2 * num_classes + 3, dtype=torch.float64, device=device)
-        packed[:num_classes] = pos_increment.detach()
-        packed[num_classes:-3] = neg_increment.detach()
-        packed[-3] = 1.0 if normaliser is None else normaliser
-        packed[-2] = num_samples
-        packed[-1] = (not finite) if isinstance(finite, bool) else finite.logical_not()
-        all_reduce_sum(packed, self.process_group)
-        # Decided on the reduced values, without a host sync: every rank sees the same
-        # sums and so accepts or drops the step alike.
-        increments = packed[: 2 * num_classes + 1]
-        accepted = torch.isfinite(increments).all() & (packed[-2] > 0) & (packed[-1] == 0)
-        scale = (
-            packed.new_ones(())
-            if normaliser is None
-            else 1.0 / packed[2 * num_classes].clamp_min(1.0)
+        extras = [
+            1.0 if normaliser is None else normaliser,
+            num_samples,
+            # Non-finite where the loss has a non-finite entry: it spoils the check below.
+            0.0 if loss is None else loss.detach().sum(dtype=float64),
+        ]
+        # One buffer, so one all-reduce: [pos, neg, normaliser, num_samples, loss]. cat
+        # promotes every part to float64.
+        packed = torch.cat(
+            [
+                pos_increment.detach().to(device),
+                neg_increment.detach().to(device),
+                torch.stack([torch.as_tensor(x, dtype=float64, device=device) for x in extras]),
+            ]
         )
-        increments = torch.where(accepted, increments * scale, torch.zeros_like(increments))
+        all_reduce_sum(packed, self.process_group)
+        # Decided on the reduced values, without a host sync, so every rank accepts or
+        # drops the step alike. Any non-finite entry makes the total NaN or infinite,
+        # and its product with 0 NaN, which fails the comparison: accepted means
+        # "every entry finite and some sample".
+        accepted = packed[-2] + packed.sum() * 0.0 > 0
+        increments = packed[: 2 * num_classes]
+        if normaliser is not None:
+            increments = increments / packed[-3].clamp_min(1.0)
+        increments = torch.where(accepted, increments, 0.0)
         self.pos_grad.add_(increments[:num_classes])
-        self.neg_grad.add_(increments[num_classes : 2 * num_classes])
-        self.num_updates.add_(accepted.to(self.num_updates.dtype))
+        self.neg_grad.add_(increments[num_classes:])
+        self.num_updates.add_(accepted)
         return accepted
 
 

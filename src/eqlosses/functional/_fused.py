@@ -55,8 +55,9 @@ class BlockResult(NamedTuple):
 
 
 # A block kernel gets the block's logits (rows, K) in the compute dtype (possibly a
-# strided view), the slice of rows it covers, and the (rows, K) view of the gradient to
-# fill; it must not write to the logits.
+# strided view), the slice of rows it covers (``slice(None)`` when one block covers
+# them all), and the (rows, K) view of the gradient to fill; it must not write to the
+# logits.
 BlockKernel = Callable[[Tensor, slice, Tensor], BlockResult]
 
 
@@ -66,27 +67,78 @@ def _blocks(num_rows: int, num_columns: int, block_elements: int) -> Iterator[sl
         yield slice(start, min(start + step, num_rows))
 
 
+class PositiveColumns(NamedTuple):
+    """Per row, as ``(rows, 1)`` columns: the column of its positive entry, its weight,
+    its weight at the positive entry (0 where it has none), and 1 where it has none."""
+
+    columns: Tensor
+    row_weight: Tensor
+    pos_row_weight: Tensor
+    no_positive: Tensor
+
+    def block(self, rows: slice) -> PositiveColumns:
+        """The rows ``rows`` of every field (all of them: ``slice(None)``)."""
+        if rows == slice(None):
+            return self
+        return PositiveColumns(*(field[rows] for field in self))
+
+
+def positive_columns(labels: Tensor, num_columns: int, row_weight: Tensor) -> PositiveColumns:
+    """Where each row's one positive entry sits, for labels in ``[0, K]`` (``K``: none).
+
+    A row without a positive still gets a column (``K - 1``), so that every block can
+    gather and scatter one entry per row without selecting rows first; its
+    ``pos_row_weight`` is 0 and its ``no_positive`` 1, which leave that entry a negative.
+    ``row_weight`` is the per-row multiplier of :func:`~eqlosses.labels.row_weights`.
+    """
+    # (rows, 1) once here, so that the blocks only slice
+    labels = labels.unsqueeze(1)
+    row_weight = row_weight.unsqueeze(1)
+    no_positive = (labels >= num_columns).to(row_weight.dtype)
+    return PositiveColumns(
+        columns=labels.clamp_max(num_columns - 1),
+        row_weight=row_weight,
+        pos_row_weight=row_weight - row_weight * no_positive,
+        no_positive=no_positive,
+    )
+
+
+def replace_positives(block: Tensor, columns: Tensor, no_positive: Tensor, value: Tensor) -> None:
+    """Put ``value`` (``(rows, 1)``) at each row's positive entry of ``block``, in place.
+
+    A row without a positive keeps its entry (its ``value`` must be 0).
+    """
+    kept = block.gather(1, columns).mul_(no_positive)
+    block.scatter_(1, columns, kept.add_(value))
+
+
 def place_positives(
-    grad: Tensor, pos_rows: Tensor, pos_cols: Tensor, pos_grad: Tensor
+    grad: Tensor, columns: Tensor, no_positive: Tensor, pos_grad: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Put the positives' gradient into a block that holds the negative-entry gradient.
 
     ``grad`` holds, for every entry, the gradient it would have as a negative (all
-    non-negative); the entries ``(pos_rows, pos_cols)`` are the block's positives, whose
-    own gradient is ``pos_grad``. Returns this block's ``(pos_increment, neg_increment)``,
-    the per-column sums of the gradient magnitudes split by positive and negative.
+    non-negative); ``columns``, ``no_positive`` and ``pos_grad`` are the block's
+    :meth:`PositiveColumns.block` and the positives' own gradient (0 on rows without one).
+    Returns this block's ``(pos_increment, neg_increment)``, the per-column sums of the
+    gradient magnitudes split by positive and negative.
     """
-    # Zeroed first, so the column sums count the negatives only.
-    grad[pos_rows, pos_cols] = 0
+    kept = grad.gather(1, columns).mul_(no_positive)
+    # Zeroed first (a row without a positive keeps its entry), so that the column sums
+    # count the negatives only.
+    grad.scatter_(1, columns, kept)
     neg_increment = grad.sum(0)
-    grad[pos_rows, pos_cols] = pos_grad
-    pos_increment = torch.zeros_like(neg_increment).index_add_(0, pos_cols, pos_grad.abs())
+    grad.scatter_(1, columns, kept.add_(pos_grad))
+    pos_increment = torch.zeros_like(neg_increment).index_add_(
+        0, columns.view(-1), pos_grad.abs().view(-1)
+    )
     return pos_increment, neg_increment
 
 
-# torch.compile would unroll the block loop into thousands of graph nodes for a detector
-# head; the blocks are fused by hand already, so the compiled graph breaks here on purpose.
-@torch.compiler.disable  # type: ignore[untyped-decorator]
+def _sum_blocks(parts: list[Tensor]) -> Tensor:
+    return parts[0] if len(parts) == 1 else torch.stack(parts).sum(0)
+
+
 def run_blocks(
     logits: Tensor,
     kernel: BlockKernel,
@@ -104,12 +156,26 @@ def run_blocks(
     per-entry block (the result has the logits' shape), ``'row'`` a per-row vector (the
     result has the logits' shape without the class dimension).
     """
+    arguments = (logits, kernel, num_stat_columns, channels_first, loss_kind, block_elements)
+    if torch.compiler.is_compiling():
+        return _run_blocks_outside_graph(*arguments)
+    # Eagerly the loop runs directly: the compiler's wrapper alone costs tens of
+    # microseconds a call, a large share of a small head's whole step.
+    return _run_blocks(*arguments)
+
+
+def _run_blocks(
+    logits: Tensor,
+    kernel: BlockKernel,
+    num_stat_columns: int,
+    channels_first: bool,
+    loss_kind: str,
+    block_elements: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     logits = logits.detach()
     dtype = compute_dtype(logits)
     device = logits.device
     grad = torch.empty(logits.shape, dtype=dtype, device=device)
-    pos_total = torch.zeros(num_stat_columns, dtype=dtype, device=device)
-    neg_total = torch.zeros(num_stat_columns, dtype=dtype, device=device)
 
     if channels_first:
         batch, num_columns = logits.shape[0], logits.shape[1]
@@ -126,28 +192,43 @@ def run_blocks(
         num_columns = logits.shape[-1]
         logits_2d = logits.reshape(-1, num_columns)
         grad_2d = grad.view(-1, num_columns)
-        blocks = _blocks(logits_2d.shape[0], num_columns, block_elements)
-        views = [(b, logits_2d[b], grad_2d[b]) for b in blocks]
+        blocks = list(_blocks(logits_2d.shape[0], num_columns, block_elements))
+        if len(blocks) == 1:
+            # a small head: one block, no slicing (each slice is an operation it pays)
+            views = [(slice(None), logits_2d, grad_2d)]
+        else:
+            views = [(b, logits_2d[b], grad_2d[b]) for b in blocks]
         loss_shape = tuple(logits.shape) if loss_kind == "entry" else tuple(logits.shape[:-1])
 
-    parts: list[Tensor] = []
-    # The kernels choose their own precision; autocast must not lower their products.
-    with torch.autocast(device.type, enabled=False):
-        for rows, logit_view, grad_view in views:
-            # Channels-first blocks stay strided views (rows along memory): no transposed
-            # copies; the kernels write the gradient straight into the result.
-            result = kernel(logit_view.to(dtype), rows, grad_view)
-            pos_total += result.pos_increment
-            neg_total += result.neg_increment
-            parts.append(result.loss)
+    if not views:
+        zeros = torch.zeros(num_stat_columns, dtype=dtype, device=device)
+        loss_size = () if loss_kind == "sum" else loss_shape
+        return torch.zeros(loss_size, dtype=dtype, device=device), grad, zeros, zeros.clone()
 
-    if loss_kind == "sum":
-        loss = torch.stack(parts).sum() if parts else torch.zeros((), dtype=dtype, device=device)
-    elif parts:
-        loss = torch.cat([p.reshape(-1) for p in parts]).reshape(loss_shape)
+    # Channels-first blocks stay strided views (rows along memory): no transposed
+    # copies; the kernels write the gradient straight into the result.
+    if torch.is_autocast_enabled(device.type):
+        # The kernels choose their own precision; autocast must not lower their products.
+        with torch.autocast(device.type, enabled=False):
+            results = [kernel(view.to(dtype), rows, out) for rows, view, out in views]
     else:
-        loss = torch.zeros(loss_shape, dtype=dtype, device=device)
+        results = [kernel(view.to(dtype), rows, out) for rows, view, out in views]
+    pos_total = _sum_blocks([r.pos_increment for r in results])
+    neg_total = _sum_blocks([r.neg_increment for r in results])
+    if loss_kind == "sum":
+        loss = _sum_blocks([r.loss for r in results])
+    elif len(results) == 1:
+        loss = results[0].loss.reshape(loss_shape)
+    else:
+        loss = torch.cat([r.loss.reshape(-1) for r in results]).reshape(loss_shape)
     return loss, grad, pos_total, neg_total
+
+
+# torch.compile would unroll the block loop into thousands of graph nodes for a detector
+# head; the blocks are fused by hand already, so the compiled graph breaks here on purpose.
+_run_blocks_outside_graph: Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]] = (
+    torch.compiler.disable(_run_blocks)  # type: ignore[no-untyped-call]
+)
 
 
 class _AttachGradient(torch.autograd.Function):

@@ -41,9 +41,12 @@ from ._fused import (
     BlockKernel,
     BlockResult,
     LossOutput,
+    PositiveColumns,
     attach_gradient,
     compute_dtype,
     place_positives,
+    positive_columns,
+    replace_positives,
     run_blocks,
 )
 
@@ -55,75 +58,67 @@ def equalized_focal_factors(
 ) -> tuple[Tensor, Tensor]:
     """Per-class ``(focusing, weighting)`` of EFL: ``γ_j = γ_b + s (1 - clamp(g_j, 0, 1))``,
     ``w_j = γ_j / γ_b``."""
-    focusing = gamma_b + scale * (1.0 - grad_ratio.clamp(0.0, 1.0))
+    # γ_b + s (1 - g) written as (γ_b + s) - s g: fewer operations on the hot path
+    focusing = (gamma_b + scale) - scale * grad_ratio.clamp(0.0, 1.0)
     return focusing, focusing / gamma_b
 
 
 def _focal_kernel(
-    labels: Tensor,
-    scores: Tensor | None,
-    rows_weight: Tensor,
+    positives: PositiveColumns,
+    quality: Tensor | None,
     focusing: Tensor,
     weighting: Tensor,
     alpha: float | None,
     grad_scale: Tensor | None,
     per_entry: bool,
 ) -> BlockKernel:
-    """Every entry is a negative except one positive per row at its label (label ``C``
-    marks a background row). ``scores`` given: EQFL with quality targets; else EFL."""
-    num_classes = focusing.shape[0]
+    """Every entry is a negative except at most one positive per row (see
+    :class:`PositiveColumns`). ``quality`` given: EQFL with these quality targets (0 on
+    rows without a positive); else EFL."""
     neg_coef = weighting if alpha is None else (1.0 - alpha) * weighting
+    neg_focusing = -focusing
 
     def kernel(logits: Tensor, rows: slice, grad: Tensor) -> BlockResult:
-        label = labels[rows]
-        weight = rows_weight[rows]
+        columns, weight, pos_row_weight, no_positive = positives.block(rows)
         softplus = F.softplus(logits)
         softplus_neg = softplus - logits  # softplus(-z) = -log σ(z)
-        prob = torch.exp(-softplus_neg)
-        modulator = torch.mul(softplus_neg, -focusing).exp_()  # σ(z)^γ_j
+        prob = torch.sigmoid(logits)
+        modulator = torch.mul(softplus_neg, neg_focusing).exp_()  # σ(z)^γ_j
 
         # Negative entries: d/dz [σ^γ softplus(z)] = σ^γ (γ (1 - σ) softplus(z) + σ)
-        torch.mul(softplus, focusing, out=grad)
-        grad.mul_(1.0 - prob).add_(prob).mul_(modulator).mul_(neg_coef)
-        grad.mul_(weight.unsqueeze(1))
+        torch.addcmul(prob, softplus * focusing, 1.0 - prob, out=grad)
+        grad.mul_(modulator).mul_(neg_coef).mul_(weight)
 
-        pos_rows = torch.nonzero(label < num_classes).squeeze(1)
-        pos_cols = label[pos_rows]
-        z = logits[pos_rows, pos_cols]
-        sp = softplus[pos_rows, pos_cols]
-        sp_neg = softplus_neg[pos_rows, pos_cols]
-        p = prob[pos_rows, pos_cols]
-        gamma = focusing[pos_cols]
-        coef = weighting[pos_cols] * weight[pos_rows]
-        if scores is None:
+        # The positive entries, one per row; a row without one has a zero coefficient.
+        z = logits.gather(1, columns)
+        sp = softplus.gather(1, columns)
+        sp_neg = softplus_neg.gather(1, columns)
+        p = prob.gather(1, columns)
+        gamma = focusing.take(columns)
+        coef = weighting.take(columns) * pos_row_weight
+        if quality is None:
             assert alpha is not None
             # α (1 - σ)^γ softplus(-z); (1 - σ)^γ = exp(-γ softplus(z))
             focal = torch.exp(-gamma * sp)
             pos_loss = alpha * coef * focal * sp_neg
             pos_grad = -alpha * coef * focal * (gamma * p * sp_neg + torch.exp(-sp))
         else:
-            quality = scores[rows][pos_rows].to(logits.dtype)
-            diff = p - quality
-            bce = sp - quality * z
+            target = quality[rows].to(logits.dtype)
+            diff = p - target
+            bce = sp - target * z
             distance = diff.abs()
             pos_loss = coef * distance.pow(gamma) * bce
             pos_grad = coef * (
                 gamma * distance.pow(gamma - 1) * diff.sign() * p * (1.0 - p) * bce
                 + distance.pow(gamma) * diff
             )
+        pos_inc, neg_inc = place_positives(grad, columns, no_positive, pos_grad)
 
-        pos_inc, neg_inc = place_positives(grad, pos_rows, pos_cols, pos_grad)
-
-        neg_loss = modulator.mul_(softplus)
-        if per_entry:
-            loss = neg_loss.mul_(neg_coef).mul_(weight.unsqueeze(1))
-            loss[pos_rows, pos_cols] = pos_loss
-        else:
-            neg_loss[pos_rows, pos_cols] = 0
-            loss = (weight @ neg_loss) @ neg_coef + pos_loss.sum()
+        loss = modulator.mul_(softplus).mul_(neg_coef).mul_(weight)
+        replace_positives(loss, columns, no_positive, pos_loss)
         if grad_scale is not None:
             grad.mul_(grad_scale)
-        return BlockResult(loss, pos_inc, neg_inc)
+        return BlockResult(loss if per_entry else loss.sum(), pos_inc, neg_inc)
 
     return kernel
 
@@ -158,34 +153,37 @@ def _focal(
         ignore_index=ignore_index,
         validate=validate,
     )
-    flat_scores = None
     if scores is not None:
         check_same_rows("score", scores, rows_shape)
         if not scores.is_floating_point():
             raise ValueError(f"score: expected floating quality targets, got {scores.dtype}")
         if reads_values(validate) and bool(((scores < 0) | (scores > 1)).any()):
             raise ValueError("score: expected quality targets in [0, 1], got values outside")
-        flat_scores = scores.reshape(-1)
     rows = row_weights(valid, weight, rows_shape, dtype)
+    positives = positive_columns(labels, num_classes, rows)
+    # Background and ignored rows read no score; theirs may be anything, NaN included.
+    quality = None
+    if scores is not None:
+        quality = scores.reshape(-1, 1).masked_fill(positives.no_positive > 0, 0.0)
 
     normaliser: Tensor | None = None
     grad_scale: Tensor | None = None
     if reduction == "mean":
         if avg_factor is None:
-            normaliser = ((labels < num_classes) & valid).sum().to(dtype)
+            # ignored rows carry the background label
+            normaliser = (labels < num_classes).sum(dtype=dtype)
         else:
             normaliser = torch.as_tensor(avg_factor, dtype=dtype, device=logits.device)
             if reads_values(validate) and not bool(normaliser > 0):
                 raise ValueError(f"avg_factor: expected a positive number, got {avg_factor}")
-        grad_scale = 1.0 / normaliser.clamp_min(1.0)
+        grad_scale = normaliser.clamp_min(1.0).reciprocal()
     elif avg_factor is not None:
         raise ValueError(f"avg_factor: only used with reduction='mean', got {reduction!r}")
 
     per_entry = reduction == "none"
     kernel = _focal_kernel(
-        labels,
-        flat_scores,
-        rows,
+        positives,
+        quality,
         focusing.to(dtype),
         weighting.to(dtype),
         alpha,

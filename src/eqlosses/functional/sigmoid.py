@@ -36,9 +36,12 @@ from ._fused import (
     BlockKernel,
     BlockResult,
     LossOutput,
+    PositiveColumns,
     attach_gradient,
     compute_dtype,
     place_positives,
+    positive_columns,
+    replace_positives,
     run_blocks,
 )
 
@@ -53,56 +56,44 @@ def sigmoid_eql_factors(
     ``neg_weight = 1 / (1 + exp(-gamma (g - mu)))``, ``pos_weight = 1 + alpha (1 - neg_weight)``.
     """
     neg_weight = torch.sigmoid(gamma * (grad_ratio - mu))
-    pos_weight = 1.0 + alpha * (1.0 - neg_weight)
+    pos_weight = (1.0 + alpha) - alpha * neg_weight
     return pos_weight, neg_weight
 
 
 def _index_kernel(
-    labels: Tensor,
-    rows_weight: Tensor,
+    positives: PositiveColumns,
     pos_weight: Tensor,
     neg_weight: Tensor,
+    foreground: Tensor | None,
     foreground_neg_weight: Tensor | None,
     grad_scale: Tensor | None,
     per_entry: bool,
 ) -> BlockKernel:
-    """Block kernel for integer labels: every entry is a negative except the one
-    positive per row at its label (label ``K`` marks a row with no positive)."""
-    num_columns = pos_weight.shape[0]
+    """Block kernel for integer labels: every entry is a negative except at most one
+    positive per row (see :class:`PositiveColumns`). With ``foreground_neg_weight``, the
+    rows marked in ``foreground`` (``(rows, 1)``) weigh their negatives by it instead of
+    ``neg_weight``."""
 
     def kernel(logits: Tensor, rows: slice, grad: Tensor) -> BlockResult:
-        label = labels[rows]
-        weight = rows_weight[rows]
+        columns, weight, pos_row_weight, no_positive = positives.block(rows)
+        if foreground is None or foreground_neg_weight is None:
+            entry_neg = neg_weight
+        else:
+            entry_neg = torch.where(foreground[rows], foreground_neg_weight, neg_weight)
         prob = torch.sigmoid(logits)
         softplus = F.softplus(logits)
-        if foreground_neg_weight is None:
-            entry_neg = neg_weight.expand_as(logits)
-        else:
-            foreground = (label < num_columns).unsqueeze(1)
-            entry_neg = torch.where(foreground, foreground_neg_weight, neg_weight)
 
-        torch.mul(prob, entry_neg, out=grad)
-        grad.mul_(weight.unsqueeze(1))
-        pos_rows = torch.nonzero(label < num_columns).squeeze(1)
-        pos_cols = label[pos_rows]
-        pos_prob = prob[pos_rows, pos_cols]
-        pos_row_weight = weight[pos_rows] * pos_weight[pos_cols]
+        torch.mul(prob, entry_neg, out=grad).mul_(weight)
+        pos_coef = pos_row_weight * pos_weight.take(columns)
+        pos_grad = pos_coef * (prob.gather(1, columns) - 1.0)
+        pos_inc, neg_inc = place_positives(grad, columns, no_positive, pos_grad)
 
-        pos_grad = pos_row_weight * (pos_prob - 1.0)
-        pos_inc, neg_inc = place_positives(grad, pos_rows, pos_cols, pos_grad)
-
-        pos_softplus = softplus[pos_rows, pos_cols]
-        pos_loss = pos_row_weight * (pos_softplus - logits[pos_rows, pos_cols])
-        if per_entry:
-            loss = softplus.mul_(entry_neg).mul_(weight.unsqueeze(1))
-            loss[pos_rows, pos_cols] = pos_loss
-        else:
-            neg_part = softplus.mul_(entry_neg)
-            neg_part[pos_rows, pos_cols] = 0
-            loss = weight @ neg_part.sum(1) + pos_loss.sum()
+        pos_loss = pos_coef * (softplus.gather(1, columns) - logits.gather(1, columns))
+        loss = softplus.mul_(entry_neg).mul_(weight)
+        replace_positives(loss, columns, no_positive, pos_loss)
         if grad_scale is not None:
             grad.mul_(grad_scale)
-        return BlockResult(loss, pos_inc, neg_inc)
+        return BlockResult(loss if per_entry else loss.sum(), pos_inc, neg_inc)
 
     return kernel
 
@@ -157,10 +148,11 @@ def _weighted_bce(
     check_class_vector("neg_weight", neg_weight, num_classes)
     dtype = compute_dtype(logits)
     rows_shape = logits.shape[:-1]
-    ones = torch.ones(num_columns - num_classes, dtype=dtype, device=logits.device)
-    # The objectness column is in the loss with weight 1 and out of the statistics.
-    pos_w = torch.cat([pos_weight.to(dtype), ones])
-    neg_w = torch.cat([neg_weight.to(dtype), ones])
+    class_weights = torch.stack([pos_weight, neg_weight]).to(dtype)
+    if objectness:
+        # The objectness column is in the loss with weight 1 and out of the statistics.
+        class_weights = F.pad(class_weights, (0, 1), value=1.0)
+    pos_w, neg_w = class_weights
     fg_neg_w = None if foreground_neg_weight is None else foreground_neg_weight.to(dtype)
 
     per_entry = reduction == "none"
@@ -191,13 +183,14 @@ def _weighted_bce(
             ignore_index=ignore_index,
             validate=validate,
         )
-        if not objectness:
-            # with no background column a background row has no positive entry
-            labels = torch.where(labels == num_classes, num_columns, labels)
         rows = row_weights(valid, weight, rows_shape, dtype)
-        count = valid.sum().to(dtype)
-        grad_scale = 1.0 / count.clamp_min(1.0) if reduction == "mean" else None
-        kernel = _index_kernel(labels, rows, pos_w, neg_w, fg_neg_w, grad_scale, per_entry)
+        count = valid.sum(dtype=dtype)
+        grad_scale = count.clamp_min(1.0).reciprocal() if reduction == "mean" else None
+        # Label C is a positive in the background column with objectness; without
+        # that column a background row has no positive entry.
+        positives = positive_columns(labels, num_columns, rows)
+        foreground = None if fg_neg_w is None else (labels < num_classes).unsqueeze(1)
+        kernel = _index_kernel(positives, pos_w, neg_w, foreground, fg_neg_w, grad_scale, per_entry)
     loss, grad, pos_inc, neg_inc = run_blocks(
         logits,
         kernel,
@@ -208,7 +201,9 @@ def _weighted_bce(
     if grad_scale is not None:
         loss = loss * grad_scale
     loss = attach_gradient(logits, loss, grad)
-    return LossOutput(loss, pos_inc[:num_classes], neg_inc[:num_classes], None, count)
+    if objectness:
+        pos_inc, neg_inc = pos_inc[:num_classes], neg_inc[:num_classes]
+    return LossOutput(loss, pos_inc, neg_inc, None, count)
 
 
 def sigmoid_eql(

@@ -77,6 +77,9 @@ def _softmax_kernel(
     grad_scale: Tensor | None,
     per_row: bool,
 ) -> BlockKernel:
+    """Block kernel of the cross-entropy; ``labels`` and ``rows_weight`` are ``(R, 1)``
+    columns, and so is every per-row quantity inside."""
+
     def kernel(logits: Tensor, rows: slice, grad: Tensor) -> BlockResult:
         num_columns = logits.shape[1]
         weight = rows_weight[rows]
@@ -89,58 +92,57 @@ def _softmax_kernel(
             grad.copy_(entry_adjustment(grad, rows))
         if soft_targets is not None:
             target = soft_targets[rows].to(logits.dtype)
-            target_logit = (target * grad).sum(1)
+            target_logit = (target * grad).sum(1, keepdim=True)
         else:
             assert labels is not None
-            label = labels[rows].unsqueeze(1)
-            target_logit = grad.gather(1, label).squeeze(1)
-            mean_logit = grad.mean(1) if label_smoothing > 0 else None
+            label = labels[rows]
+            target_logit = grad.gather(1, label)
+            mean_logit = grad.mean(1, keepdim=True) if label_smoothing > 0 else None
         shift = grad.amax(1, keepdim=True)
         grad.sub_(shift).exp_()
         total = grad.sum(1, keepdim=True)
-        log_norm = (shift + total.log()).squeeze(1)
-        inverse = total.reciprocal().squeeze(1)
+        inverse = total.reciprocal()
+        log_norm = total.log_().add_(shift)
         scale = weight if grad_scale is None else weight * grad_scale
 
         if soft_targets is not None:
-            target_mass = target.sum(1)
+            target_mass = target.sum(1, keepdim=True)
             loss = log_norm * target_mass - target_logit
-            grad.mul_((inverse * target_mass).unsqueeze(1)).sub_(target)
-            magnitude = grad.abs().mul_(weight.unsqueeze(1))
+            grad.mul_(inverse * target_mass).sub_(target)
+            magnitude = grad.abs().mul_(weight)
             pos_inc = (magnitude * target).sum(0)
             neg_inc = magnitude.sum(0) - pos_inc
-            grad.mul_(scale.unsqueeze(1))
+            grad.mul_(scale)
         elif label_smoothing == 0:
             # grad is exp(z̃ - max) = total · softmax(z̃): fold 1/total into the row factors.
             # The target entries stay in place (no zeroing scatter, which is slow on the
             # strided per-pixel blocks): the column sums lose their targets' share
             # afterwards, and one scatter_add turns p into p - 1.
-            target_prob = torch.exp(target_logit - shift.squeeze(1)) * inverse
+            weighted_prob = grad.gather(1, label).mul_(weight * inverse)
             loss = log_norm - target_logit
-            weighted_prob = weight * target_prob
-            neg_inc = (weight * inverse) @ grad
-            neg_inc.index_add_(0, label.squeeze(1), weighted_prob, alpha=-1.0)
-            grad.mul_((scale * inverse).unsqueeze(1))
-            grad.scatter_add_(1, label, -scale.unsqueeze(1))
+            neg_inc = torch.mm((weight * inverse).t(), grad).view(-1)
+            neg_inc.index_add_(0, label.view(-1), weighted_prob.view(-1), alpha=-1.0)
+            grad.mul_(scale * inverse)
+            grad.scatter_add_(1, label, scale.neg())
             pos_inc = torch.zeros(num_columns, dtype=logits.dtype, device=logits.device)
-            pos_inc.index_add_(0, label.squeeze(1), weight - weighted_prob)
+            pos_inc.index_add_(0, label.view(-1), (weight - weighted_prob).view(-1))
         else:
             assert mean_logit is not None
             smooth = label_smoothing / num_columns
             loss = (1.0 - label_smoothing) * (log_norm - target_logit) + label_smoothing * (
                 log_norm - mean_logit
             )
-            grad.mul_(inverse.unsqueeze(1)).sub_(smooth)
-            target_grad = grad.gather(1, label).squeeze(1) - (1.0 - label_smoothing)
+            grad.mul_(inverse).sub_(smooth)
+            target_grad = grad.gather(1, label) - (1.0 - label_smoothing)
             # The statistics split by the hard label, so the smoothing mass on the other
             # columns counts as negative gradient.
             grad.scatter_(1, label, 0.0)
-            neg_inc = weight @ grad.abs()
-            grad.mul_(scale.unsqueeze(1))
-            grad.scatter_(1, label, (target_grad * scale).unsqueeze(1))
+            neg_inc = torch.mm(weight.t(), grad.abs()).view(-1)
+            grad.mul_(scale)
+            grad.scatter_(1, label, target_grad * scale)
             pos_inc = torch.zeros(num_columns, dtype=logits.dtype, device=logits.device)
-            pos_inc.index_add_(0, label.squeeze(1), weight * target_grad.abs())
-        loss = loss * weight
+            pos_inc.index_add_(0, label.view(-1), (weight * target_grad.abs()).view(-1))
+        loss = loss.mul_(weight).view(-1)
         return BlockResult(loss if per_row else loss.sum(), pos_inc, neg_inc)
 
     return kernel
@@ -195,13 +197,13 @@ def cross_entropy_blocks(
             validate=validate,
         )
     rows = row_weights(valid, weight, rows_shape, dtype)
-    count = valid.sum().to(dtype)
-    grad_scale = 1.0 / count.clamp_min(1.0) if reduction == "mean" else None
+    count = valid.sum(dtype=dtype)
+    grad_scale = count.clamp_min(1.0).reciprocal() if reduction == "mean" else None
     per_row = reduction == "none"
     kernel = _softmax_kernel(
-        labels,
+        None if labels is None else labels.unsqueeze(1),
         soft,
-        rows,
+        rows.unsqueeze(1),
         None if adjustment is None else adjustment.to(dtype),
         entry_adjustment,
         label_smoothing,

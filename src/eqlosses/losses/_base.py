@@ -75,7 +75,7 @@ class StatisticsLoss(nn.Module):
                 neg,
                 output.normaliser,
                 num_samples=output.num_samples,
-                finite=torch.isfinite(output.loss.detach()).all(),
+                loss=output.loss,
             )
         if self.loss_weight == 1.0:
             return output.loss
