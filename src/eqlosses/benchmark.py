@@ -746,17 +746,22 @@ def time_case(
     """Interleaved timing of ``impls``; also returns the first-call loss of each (the
     same statistics state for all, so (a) and (b) must agree)."""
     first_loss: dict[str, float] = {}
-    last_ms: dict[str, float] = {}
-    for round_ in range(max(warmup, 1)):
+    # Each warm-up round calls every implementation for at least a sample's time; the
+    # last round's time per call sets how many calls a timed sample averages. (One call
+    # is a poor estimate for a small head: its first calls run cold and slow, and too few
+    # calls per sample would then time the cold start, not the steady state.)
+    per_call_ms: dict[str, float] = {}
+    for _ in range(max(warmup, 1)):
         for key, impl in impls.items():
-            start = time.perf_counter()
-            loss = _step(impl, inputs[key])
-            last_ms[key] = (time.perf_counter() - start) * 1000.0
-            if round_ == 0:
-                first_loss[key] = float(loss.detach())
+            calls, start = 0, time.perf_counter()
+            while calls == 0 or time.perf_counter() - start < MIN_SAMPLE_SECONDS:
+                loss = _step(impl, inputs[key])
+                first_loss.setdefault(key, float(loss.detach()))
+                calls += 1
+            per_call_ms[key] = (time.perf_counter() - start) * 1000.0 / calls
     timings = {
         key: Timing(inner=max(1, min(MAX_INNER_CALLS, math.ceil(MIN_SAMPLE_SECONDS * 1000.0 / ms))))
-        for key, ms in ((k, max(v, 1e-3)) for k, v in last_ms.items())
+        for key, ms in ((k, max(v, 1e-3)) for k, v in per_call_ms.items())
     }
     order = list(impls)
     gc_was_enabled = gc.isenabled()

@@ -67,6 +67,12 @@ def _blocks(num_rows: int, num_columns: int, block_elements: int) -> Iterator[sl
         yield slice(start, min(start + step, num_rows))
 
 
+def block_rows(tensor: Tensor, rows: slice) -> Tensor:
+    """The rows ``rows`` of a per-row tensor; the tensor itself for ``slice(None)``
+    (a small head's single block), which saves an operation per tensor."""
+    return tensor if rows == slice(None) else tensor[rows]
+
+
 class PositiveColumns(NamedTuple):
     """Per row, as ``(rows, 1)`` columns: the column of its positive entry, its weight,
     its weight at the positive entry (0 where it has none), and 1 where it has none."""
@@ -80,7 +86,7 @@ class PositiveColumns(NamedTuple):
         """The rows ``rows`` of every field (all of them: ``slice(None)``)."""
         if rows == slice(None):
             return self
-        return PositiveColumns(*(field[rows] for field in self))
+        return PositiveColumns(*(block_rows(field, rows) for field in self))
 
 
 def positive_columns(labels: Tensor, num_columns: int, row_weight: Tensor) -> PositiveColumns:

@@ -43,6 +43,7 @@ from ._fused import (
     LossOutput,
     PositiveColumns,
     attach_gradient,
+    block_rows,
     compute_dtype,
     place_positives,
     positive_columns,
@@ -103,7 +104,7 @@ def _focal_kernel(
             pos_loss = alpha * coef * focal * sp_neg
             pos_grad = -alpha * coef * focal * (gamma * p * sp_neg + torch.exp(-sp))
         else:
-            target = quality[rows].to(logits.dtype)
+            target = block_rows(quality, rows).to(logits.dtype)
             diff = p - target
             bce = sp - target * z
             distance = diff.abs()

@@ -38,6 +38,7 @@ from ._fused import (
     LossOutput,
     PositiveColumns,
     attach_gradient,
+    block_rows,
     compute_dtype,
     place_positives,
     positive_columns,
@@ -79,7 +80,7 @@ def _index_kernel(
         if foreground is None or foreground_neg_weight is None:
             entry_neg = neg_weight
         else:
-            entry_neg = torch.where(foreground[rows], foreground_neg_weight, neg_weight)
+            entry_neg = torch.where(block_rows(foreground, rows), foreground_neg_weight, neg_weight)
         prob = torch.sigmoid(logits)
         softplus = F.softplus(logits)
 

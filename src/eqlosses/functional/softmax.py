@@ -32,6 +32,7 @@ from ._fused import (
     BlockResult,
     LossOutput,
     attach_gradient,
+    block_rows,
     compute_dtype,
     run_blocks,
 )
@@ -60,7 +61,8 @@ def softmax_eql_adjustment(
     """
     check_choice("form", form, ("canonical", "prior"))
     if form == "canonical":
-        return tau * torch.log(indicator.clamp_min(eps))
+        log_indicator = torch.log(indicator.clamp_min(eps))
+        return log_indicator if tau == 1.0 else tau * log_indicator
     total = indicator.sum()
     share = indicator / torch.where(total > 0, total, torch.ones_like(total))
     prior = torch.log(share.pow(tau) + 1e-9)
@@ -82,7 +84,7 @@ def _softmax_kernel(
 
     def kernel(logits: Tensor, rows: slice, grad: Tensor) -> BlockResult:
         num_columns = logits.shape[1]
-        weight = rows_weight[rows]
+        weight = block_rows(rows_weight, rows)
         # grad holds z̃, then exp(z̃ - max), then the gradient: no other block-sized buffer
         if adjustment is None:
             grad.copy_(logits)
@@ -91,11 +93,11 @@ def _softmax_kernel(
         if entry_adjustment is not None:
             grad.copy_(entry_adjustment(grad, rows))
         if soft_targets is not None:
-            target = soft_targets[rows].to(logits.dtype)
+            target = block_rows(soft_targets, rows).to(logits.dtype)
             target_logit = (target * grad).sum(1, keepdim=True)
         else:
             assert labels is not None
-            label = labels[rows]
+            label = block_rows(labels, rows)
             target_logit = grad.gather(1, label)
             mean_logit = grad.mean(1, keepdim=True) if label_smoothing > 0 else None
         shift = grad.amax(1, keepdim=True)
