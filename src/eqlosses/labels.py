@@ -119,7 +119,8 @@ def class_indices(
     if reads_values(validate) and labels.numel() > 0:
         # both background layouts use the range [0, C]: label C or label 0 is background
         highest = num_classes if allow_background else num_classes - 1
-        lowest_seen, highest_seen = (int(v) for v in torch.aminmax(labels))
+        # one read of both values: one device sync on an accelerator
+        lowest_seen, highest_seen = torch.stack(torch.aminmax(labels)).tolist()
         if lowest_seen < 0 or highest_seen > highest:
             first_bad = int(labels[(labels < 0) | (labels > highest)][0])
             if not allow_background:

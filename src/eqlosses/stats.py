@@ -136,14 +136,14 @@ class GradientStatistics(nn.Module):
             1.0 if normaliser is None else normaliser,
             num_samples,
             # Non-finite where the loss has a non-finite entry: it spoils the check below.
-            0.0 if loss is None else loss.detach().sum(dtype=float64),
+            0.0 if loss is None else loss.sum(dtype=float64),
         ]
         # One buffer, so one all-reduce: [pos, neg, normaliser, num_samples, loss]. cat
         # promotes every part to float64.
         packed = torch.cat(
             [
-                pos_increment.detach().to(device),
-                neg_increment.detach().to(device),
+                pos_increment.to(device),
+                neg_increment.to(device),
                 torch.stack([torch.as_tensor(x, dtype=float64, device=device) for x in extras]),
             ]
         )
