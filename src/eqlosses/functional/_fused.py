@@ -84,9 +84,7 @@ class PositiveColumns(NamedTuple):
 
     def block(self, rows: slice) -> PositiveColumns:
         """The rows ``rows`` of every field (all of them: ``slice(None)``)."""
-        if rows == slice(None):
-            return self
-        return PositiveColumns(*(block_rows(field, rows) for field in self))
+        return self if rows == slice(None) else PositiveColumns(*(f[rows] for f in self))
 
 
 def positive_columns(labels: Tensor, num_columns: int, row_weight: Tensor) -> PositiveColumns:
