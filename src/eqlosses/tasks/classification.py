@@ -17,7 +17,6 @@ fed the whole batch up to float rounding (the models hold no batch statistics).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,7 +35,7 @@ from ..models.efficientnet_lite import extract_features
 from ..models.small_cnn import SmallCNN, grayscale_batch
 from .distributed import Ranks
 from .losses import build_loss, predict_scores
-from .progress import epoch_iterator
+from .progress import EpochHook, epoch_iterator
 
 Dataset = Literal["fashion-mnist", "omniglot"]
 DATASETS: tuple[Dataset, ...] = ("fashion-mnist", "omniglot")
@@ -137,9 +136,6 @@ def _sum_gradients(model: nn.Module) -> None:
     for param in model.parameters():
         if param.grad is not None:
             dist.all_reduce(param.grad)
-
-
-EpochHook = Callable[[int, float, nn.Module], None]
 
 
 def train_one(

@@ -14,16 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from .. import report
-from ..losses._base import StatisticsLoss
 from ..metrics import class_groups
 from . import detection
 from .classification import (
     DATASETS,
     DEFAULT_CONFIG,
-    ClassificationData,
     OmniglotSource,
     TrainConfig,
     fashion_mnist_lt,
@@ -31,6 +28,7 @@ from .classification import (
 )
 from .distributed import Ranks, init_from_environment, shutdown
 from .losses import BASELINE, LOSSES
+from .progress import run_path, tensorboard_hook
 from .segmentation import DEFAULT_CAMVID_DIR, SEGMENTATION_LOSSES, run_segmentation
 
 DEFAULT_OMNIGLOT_DIR = Path("../shared/data/omniglot-small")
@@ -91,31 +89,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     detection.add_arguments(parser)
 
 
-def _run_path(out: Path, loss: str, seed: int) -> Path:
-    return out / "runs" / f"{loss}__seed{seed}.json"
-
-
-def _tensorboard_hook(log_dir: Path, loss_name: str, seed: int, data: ClassificationData) -> Any:
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(log_dir / f"{loss_name}__seed{seed}"))
-    groups = {
-        name: members
-        for name, members in class_groups(data.train_counts).items()
-        if name in ("head", "middle", "tail")
-    }
-
-    def on_epoch(epoch: int, train_loss: float, loss_fn: nn.Module) -> None:
-        writer.add_scalar("train/loss", train_loss, epoch)
-        if isinstance(loss_fn, StatisticsLoss):
-            ratio = loss_fn.grad_ratio
-            for name, members in groups.items():
-                writer.add_scalar(f"grad_ratio/{name}", float(ratio[members].mean()), epoch)
-        writer.flush()
-
-    return on_epoch, writer
-
-
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     if args.task != "classification" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -164,10 +137,10 @@ def _compare(args: argparse.Namespace, ranks: Ranks) -> int:
 
     runs: list[dict[str, Any]] = []
     for seed in args.seeds:
-        pending = [loss for loss in args.losses if not _run_path(out, loss, seed).exists()]
+        pending = [loss for loss in args.losses if not run_path(out, loss, seed).exists()]
         for loss in args.losses:
             if loss not in pending:
-                runs.append(json.loads(_run_path(out, loss, seed).read_text()))
+                runs.append(json.loads(run_path(out, loss, seed).read_text()))
         if not pending:
             continue
         if omniglot is not None:
@@ -177,14 +150,19 @@ def _compare(args: argparse.Namespace, ranks: Ranks) -> int:
         for loss in pending:
             hook, writer = (None, None)
             if args.log_dir is not None and ranks.is_main:
-                hook, writer = _tensorboard_hook(args.log_dir, loss, seed, data)
+                groups = class_groups(data.train_counts)
+                hook, writer = tensorboard_hook(
+                    args.log_dir,
+                    f"{loss}__seed{seed}",
+                    {name: groups[name] for name in ("head", "middle", "tail")},
+                )
             record = train_one(
                 data, loss, seed, config, ranks, on_epoch=hook, progress=not args.no_progress
             )
             if writer is not None:
                 writer.close()
             if ranks.is_main:
-                _run_path(out, loss, seed).write_text(json.dumps(record))
+                run_path(out, loss, seed).write_text(json.dumps(record))
                 print(
                     f"{loss:>16} seed {seed}: overall {record['metrics']['overall']:.3f} "
                     f"tail {record['metrics']['tail']:.3f} ({record['seconds']:.0f} s)",

@@ -79,7 +79,7 @@ from ..models.detectors import (
     roi_detections,
     sample_rois,
 )
-from .progress import epoch_iterator
+from .progress import EpochHook, epoch_iterator, run_path
 
 DETECTORS = ("one-stage", "two-stage")
 ONE_STAGE_LOSSES = ("focal", "efl", "qfl", "eqfl", "sigmoid-eql")
@@ -172,9 +172,6 @@ class DetectionData:
     def maps(self, index: Tensor) -> list[Tensor]:
         """The dense levels' maps of canvases ``index``, float32."""
         return [f[index].float() for f in self.dense_features]
-
-
-EpochHook = Callable[[int, float, nn.Module], None]
 
 
 # ------------------------------------------------------------------------- helpers
@@ -903,10 +900,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _run_path(out: Path, loss: str, seed: int) -> Path:
-    return out / "runs" / f"{loss}__seed{seed}.json"
-
-
 def _grad_ratio_table(runs: Sequence[dict[str, Any]], losses: Sequence[str]) -> str:
     """Mean over seeds of the last epoch's group-mean ``g`` (r / c / f), per loss."""
     lines = ["| loss | g rare | g common | g frequent |", "|---|---|---|---|"]
@@ -1007,7 +1000,7 @@ def run_comparison(args: argparse.Namespace) -> int:
     runs: list[dict[str, Any]] = []
     for seed in args.seeds:
         for loss in losses:
-            path = _run_path(out, loss, seed)
+            path = run_path(out, loss, seed)
             if path.exists():
                 runs.append(json.loads(path.read_text()))
                 continue

@@ -55,7 +55,7 @@ from ..metrics.segmentation import (
 )
 from ..models.efficientnet_lite import load_pretrained_efficientnet_lite0
 from ..models.segmentation import LITE0_MAP_CHANNELS, FPNDecoder, extract_feature_maps
-from .progress import epoch_iterator
+from .progress import EpochHook, epoch_iterator, run_path, tensorboard_hook
 
 DEFAULT_CAMVID_DIR = Path("../shared/data/camvid-240x180")
 NUM_CLASSES = len(CAMVID_CLASSES)
@@ -212,9 +212,6 @@ def _batch_maps(maps: dict[int, Tensor], index: Tensor) -> dict[int, Tensor]:
     return {stride: value[index].float() for stride, value in maps.items()}
 
 
-EpochHook = Callable[[int, float, nn.Module], None]
-
-
 def train_segmentation(
     data: SegmentationData,
     loss_name: str,
@@ -318,27 +315,6 @@ def _scores_fields(confusion: Tensor, rare: Sequence[int]) -> dict[str, Any]:
     return {"metrics": scores, "per_class": per_class}
 
 
-def _run_path(out: Path, loss: str, seed: int) -> Path:
-    return out / "runs" / f"{loss}__seed{seed}.json"
-
-
-def _tensorboard_hook(log_dir: Path, loss: str, seed: int, rare: Sequence[int]) -> Any:
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(log_dir / f"segmentation-{loss}__seed{seed}"))
-    frequent = [c for c in range(NUM_CLASSES) if c not in set(rare)]
-
-    def on_epoch(epoch: int, train_loss: float, loss_fn: nn.Module) -> None:
-        writer.add_scalar("train/loss", train_loss, epoch)
-        if isinstance(loss_fn, StatisticsLoss):
-            ratio = loss_fn.grad_ratio
-            writer.add_scalar("grad_ratio/rare", float(ratio[list(rare)].mean()), epoch)
-            writer.add_scalar("grad_ratio/frequent", float(ratio[frequent].mean()), epoch)
-        writer.flush()
-
-    return on_epoch, writer
-
-
 def per_class_table(runs: Sequence[dict[str, Any]], losses: Sequence[str]) -> str:
     """Markdown: per-class test IoU (mean over seeds, %) of each loss, with the classes'
     training pixel shares; rare classes marked with *."""
@@ -382,7 +358,7 @@ def run_segmentation(args: argparse.Namespace) -> int:
     runs: list[dict[str, Any]] = []
     for seed in args.seeds:
         for loss in losses:
-            path = _run_path(out, loss, seed)
+            path = run_path(out, loss, seed)
             if path.exists():
                 # scores are recomputed from the saved confusion matrix, so runs saved by
                 # an earlier version report every current metric the same way
@@ -394,7 +370,12 @@ def run_segmentation(args: argparse.Namespace) -> int:
                 continue
             hook, writer = (None, None)
             if args.log_dir is not None:
-                hook, writer = _tensorboard_hook(args.log_dir, loss, seed, rare)
+                frequent = [c for c in range(NUM_CLASSES) if c not in set(rare)]
+                hook, writer = tensorboard_hook(
+                    args.log_dir,
+                    f"segmentation-{loss}__seed{seed}",
+                    {"rare": rare, "frequent": frequent},
+                )
             record, predicted = train_segmentation(
                 data,
                 loss,
@@ -452,7 +433,7 @@ def run_segmentation(args: argparse.Namespace) -> int:
     )
     shown = _shown_losses(runs, losses)
     predictions = {
-        loss: np.load(_run_path(out, loss, min(args.seeds)).with_suffix(EXAMPLES_SUFFIX))
+        loss: np.load(run_path(out, loss, min(args.seeds)).with_suffix(EXAMPLES_SUFFIX))
         for loss in shown
     }
     report.plot_segmentation_examples(
