@@ -517,6 +517,19 @@ def seesaw_loss(
 # ------------------------------------------------------------------------ federated
 
 
+def check_federated_options(num_sample_classes: int, freq_exponent: float) -> None:
+    """Raise unless ``num_sample_classes`` is an integer >= 1 and ``freq_exponent`` a
+    finite number >= 0."""
+    if isinstance(num_sample_classes, bool) or not isinstance(num_sample_classes, int):
+        raise ValueError(
+            f"num_sample_classes: expected an integer >= 1, got {num_sample_classes!r}"
+        )
+    if num_sample_classes < 1:
+        raise ValueError(f"num_sample_classes: expected an integer >= 1, got {num_sample_classes}")
+    if not (math.isfinite(freq_exponent) and freq_exponent >= 0):
+        raise ValueError(f"freq_exponent: expected a finite number >= 0, got {freq_exponent!r}")
+
+
 def federated_classes(
     target: Tensor,
     image_counts: Tensor,
@@ -549,14 +562,7 @@ def federated_classes(
         >>> bool(mask[0]), int(mask.sum())
         (True, 2)
     """
-    if isinstance(num_sample_classes, bool) or not isinstance(num_sample_classes, int):
-        raise ValueError(
-            f"num_sample_classes: expected an integer >= 1, got {num_sample_classes!r}"
-        )
-    if num_sample_classes < 1:
-        raise ValueError(f"num_sample_classes: expected an integer >= 1, got {num_sample_classes}")
-    if not (math.isfinite(freq_exponent) and freq_exponent >= 0):
-        raise ValueError(f"freq_exponent: expected a finite number >= 0, got {freq_exponent!r}")
+    check_federated_options(num_sample_classes, freq_exponent)
     counts = _check_counts(image_counts, None, validate, "image_counts")
     num_classes = counts.numel()
     if not isinstance(target, Tensor):

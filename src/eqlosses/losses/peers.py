@@ -21,6 +21,7 @@ from ..functional.peers import (
     _hard_labels,
     _softmax_layout,
     balanced_softmax,
+    check_federated_options,
     class_balanced_cross_entropy,
     class_balanced_weights,
     federated_loss,
@@ -550,16 +551,7 @@ class FederatedLoss(_PeerLoss):
             ignore_index=ignore_index,
             validate=validate,
         )
-        if isinstance(num_sample_classes, bool) or not isinstance(num_sample_classes, int):
-            raise ValueError(
-                f"num_sample_classes: expected an integer >= 1, got {num_sample_classes!r}"
-            )
-        if num_sample_classes < 1:
-            raise ValueError(
-                f"num_sample_classes: expected an integer >= 1, got {num_sample_classes}"
-            )
-        if not (math.isfinite(freq_exponent) and freq_exponent >= 0):
-            raise ValueError(f"freq_exponent: expected a finite number >= 0, got {freq_exponent!r}")
+        check_federated_options(num_sample_classes, freq_exponent)
         self.num_sample_classes = num_sample_classes
         self.freq_exponent = float(freq_exponent)
         self.generator = generator
