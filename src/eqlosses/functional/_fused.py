@@ -83,8 +83,8 @@ class PositiveColumns(NamedTuple):
     no_positive: Tensor
 
     def block(self, rows: slice) -> PositiveColumns:
-        """The rows ``rows`` of every field (all of them: ``slice(None)``)."""
-        return self if rows == slice(None) else PositiveColumns(*(f[rows] for f in self))
+        """The rows ``rows`` of every field (see :func:`block_rows`)."""
+        return PositiveColumns(*(block_rows(field, rows) for field in self))
 
 
 def positive_columns(labels: Tensor, num_columns: int, row_weight: Tensor) -> PositiveColumns:
