@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,6 @@ from .classification import (
     DATASETS,
     DEFAULT_CONFIG,
     OmniglotSource,
-    TrainConfig,
     fashion_mnist_lt,
     train_one,
 )
@@ -122,13 +122,7 @@ def _compare(args: argparse.Namespace, ranks: Ranks) -> int:
     out: Path = args.out
     (out / "runs").mkdir(parents=True, exist_ok=True)
     base = DEFAULT_CONFIG[args.dataset]
-    config = TrainConfig(
-        epochs=args.epochs or base.epochs,
-        batch_size=base.batch_size,
-        lr=base.lr,
-        weight_decay=base.weight_decay,
-        momentum=base.momentum,
-    )
+    config = replace(base, epochs=args.epochs or base.epochs)
     omniglot: OmniglotSource | None = None
     if args.dataset == "omniglot":
         omniglot = OmniglotSource(

@@ -44,7 +44,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -935,14 +935,7 @@ def run_comparison(args: argparse.Namespace) -> int:
     out: Path = args.out
     (out / "runs").mkdir(parents=True, exist_ok=True)
     base = DEFAULT_CONFIG[detector]
-    config = DetectionConfig(
-        epochs=args.epochs or base.epochs,
-        batch_size=base.batch_size,
-        lr=base.lr,
-        weight_decay=base.weight_decay,
-        momentum=base.momentum,
-        warmup_steps=base.warmup_steps,
-    )
+    config = replace(base, epochs=args.epochs or base.epochs)
     num_train, num_test = args.canvases if args.canvases else (None, None)
     data = load_detection_data(
         args.data_dir or DEFAULT_OMNIGLOT_DIR,
