@@ -959,12 +959,8 @@ def run_comparison(args: argparse.Namespace) -> int:
             return run_one_stage(data, loss, seed, config, targets, progress=progress)
 
     else:
-        proposal_config = DEFAULT_CONFIG["one-stage"]
-        proposal_config = DetectionConfig(
-            epochs=two_stage.proposal_epochs,
-            batch_size=proposal_config.batch_size,
-            lr=proposal_config.lr,
-        )
+        # the proposal stage trains like the one-stage head, for its own epochs
+        proposal_config = replace(DEFAULT_CONFIG["one-stage"], epochs=two_stage.proposal_epochs)
         cache = build_roi_cache(
             data, two_stage, proposal_config, args.cache_dir or out / "cache", progress=progress
         )
