@@ -120,9 +120,10 @@ def _softmax_kernel(
             # The target entries stay in place (no zeroing scatter, which is slow on the
             # strided per-pixel blocks): the column sums lose their targets' share
             # afterwards, and one scatter_add turns p into p - 1.
-            weighted_prob = grad.gather(1, label).mul_(weight * inverse)
+            row_factor = weight * inverse
+            weighted_prob = grad.gather(1, label).mul_(row_factor)
             loss = log_norm - target_logit
-            neg_inc = torch.mm((weight * inverse).t(), grad).view(-1)
+            neg_inc = torch.mm(row_factor.t(), grad).view(-1)
             neg_inc.index_add_(0, label.view(-1), weighted_prob.view(-1), alpha=-1.0)
             grad.mul_(scale * inverse)
             grad.scatter_add_(1, label, scale.neg())
