@@ -91,27 +91,27 @@ def _focal_kernel(
         grad.mul_(modulator).mul_(neg_coef).mul_(weight)
 
         # The positive entries, one per row; a row without one has a zero coefficient.
-        z = logits.gather(1, columns)
         sp = softplus.gather(1, columns)
-        sp_neg = softplus_neg.gather(1, columns)
         p = prob.gather(1, columns)
         gamma = focusing.take(columns)
         coef = weighting.take(columns) * pos_row_weight
         if quality is None:
             assert alpha is not None
+            sp_neg = softplus_neg.gather(1, columns)
             # α (1 - σ)^γ softplus(-z); (1 - σ)^γ = exp(-γ softplus(z))
-            focal = torch.exp(-gamma * sp)
-            pos_loss = alpha * coef * focal * sp_neg
-            pos_grad = -alpha * coef * focal * (gamma * p * sp_neg + torch.exp(-sp))
+            scaled_focal = alpha * coef * torch.exp(-gamma * sp)
+            pos_loss = scaled_focal * sp_neg
+            pos_grad = -scaled_focal * (gamma * p * sp_neg + torch.exp(-sp))
         else:
             target = block_rows(quality, rows).to(logits.dtype)
             diff = p - target
-            bce = sp - target * z
+            bce = sp - target * logits.gather(1, columns)
             distance = diff.abs()
-            pos_loss = coef * distance.pow(gamma) * bce
+            modulated = distance.pow(gamma)
+            pos_loss = coef * modulated * bce
             pos_grad = coef * (
                 gamma * distance.pow(gamma - 1) * diff.sign() * p * (1.0 - p) * bce
-                + distance.pow(gamma) * diff
+                + modulated * diff
             )
         pos_inc, neg_inc = place_positives(grad, columns, no_positive, pos_grad)
 
