@@ -301,6 +301,19 @@ def test_retained_graph_backward_twice():
     close(x.grad, 2 * first, torch.float64)
 
 
+def test_create_graph_gives_the_gradient_and_refuses_a_second_derivative():
+    gen = torch.Generator().manual_seed(11)
+    logits, target, _ = batch(gen, 8)
+    x = logits.requires_grad_(True)
+    scale = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    plain = torch.autograd.grad(SigmoidEQL(C)(x, target), x)[0]
+    (grad,) = torch.autograd.grad(SigmoidEQL(C)(x, target) * scale, x, create_graph=True)
+    close(grad, 3.0 * plain, torch.float64)
+    # the gradient is a constant of the forward pass: differentiating it again is an error
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()
+
+
 def test_state_dict_resume_keeps_statistics_and_update_state():
     gen = torch.Generator().manual_seed(10)
     batches = [batch(gen, 20) for _ in range(3)]

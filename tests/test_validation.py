@@ -193,6 +193,21 @@ def test_background_first_label_range(name: str) -> None:
     assert re.search(rf"\bgot {C + 1}\b", message), message
 
 
+@pytest.mark.parametrize("validate", [True, False])
+@pytest.mark.parametrize("name", ["sigmoid_eql", "efl", "eqfl", "eql_sigmoid"])
+def test_background_first_is_the_last_layout_shifted(name: str, validate: bool) -> None:
+    case = CASES[name]
+    last = torch.tensor([4, 0, 1, 2, 3, -100])  # C = 4 is background
+    first = torch.tensor([0, 1, 2, 3, 4, -100])  # 0 is background, classes 1..C
+    for labels in (last, last[:5]):  # with and without an ignored row
+        shifted = first[: labels.numel()]
+        logits = _logits(case, labels.numel())
+        extra = _extra(case, labels.numel())
+        want = case.build(validate=validate)(logits, labels, *extra)
+        got = case.build(validate=validate, background_index="first")(logits, shifted, *extra)
+        assert torch.allclose(got, want, rtol=1e-6), (got, want)
+
+
 @pytest.mark.parametrize("name", [n for n, c in CASES.items() if not c.float_targets_allowed])
 def test_float_targets_where_labels_are_required(name: str) -> None:
     case = CASES[name]
@@ -357,6 +372,40 @@ def test_validate_false_skips_the_value_check(name: str) -> None:
     assert torch.isfinite(loss)
     loss.backward()
     assert int(criterion.statistics.num_updates) == 1
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("ignored", ["none", "ignore_index", "ignore_index_in_range"])
+@pytest.mark.parametrize("name", NAMES)
+def test_label_check_shortcut_matches_the_masked_path(
+    name: str, ignored: str, weighted: bool
+) -> None:
+    # With validate=True a batch without ignored rows skips the per-row mask; with
+    # validate=False the mask is always built. Both must train identically.
+    case = CASES[name]
+    ignore_index = 1 if ignored == "ignore_index_in_range" else -100
+    modules = [
+        case.build(validate=validate, ignore_index=ignore_index).double()
+        for validate in (True, False)
+    ]
+    for step in range(3):
+        labels = _good_labels(case)
+        if ignored == "ignore_index":
+            labels[step + 1] = -100
+        weight = torch.linspace(0.5, 2.0, N, dtype=torch.float64) if weighted else None
+        logits = _logits(case).detach().double()
+        results = []
+        for module in modules:
+            if isinstance(module, EQL) and module.activation == "softmax":
+                module.generator = torch.Generator().manual_seed(step)
+            z = logits.clone().requires_grad_()
+            loss = module(z, labels, *_extra(case), weight=weight)
+            loss.backward()
+            results.append(
+                (loss.detach(), z.grad, module.pos_grad.clone(), module.neg_grad.clone())
+            )
+        for got, want in zip(results[0], results[1], strict=True):
+            assert torch.allclose(got, want, rtol=1e-12, atol=1e-15), (step, got, want)
 
 
 def test_validate_false_skips_float_target_range_check() -> None:

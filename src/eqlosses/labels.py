@@ -95,13 +95,15 @@ def class_indices(
     background_index: BackgroundIndex = "last",
     ignore_index: int = -100,
     validate: bool = True,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor | None]:
     """Integer labels → flat canonical labels and a flat mask of the rows that count.
 
     Returns ``(labels, valid)`` of length ``prod(rows_shape)``: labels in ``[0, C)`` for
     foreground rows and ``C`` for background rows (only where ``allow_background``).
     Ignored rows get ``valid`` False and the label ``C`` (no positive entry) where
     background is allowed, else 0 (an in-range index for gathers; the row weighs 0).
+    ``valid`` is ``None`` when the labels were read and no row is ignored, which spares
+    the callers their per-row masking.
     """
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise ValueError(f"target: expected integer class labels, got dtype {target.dtype}")
@@ -110,16 +112,25 @@ def class_indices(
     labels = target.reshape(-1)
     if labels.dtype != torch.long:
         labels = labels.long()
-    valid = labels != ignore_index
-    # Ignored rows take a label that is in range for the check below and means
-    # "background" (or class 0 where there is none) once translated.
     first = allow_background and background_index == "first"
+    # both background layouts use the range [0, C]: label C or label 0 is background
+    highest = num_classes if allow_background else num_classes - 1
+    checked = reads_values(validate) and labels.numel() > 0
+    if checked:
+        # One read of both values (one device sync on an accelerator). Usually every
+        # label is in range and ignore_index lies outside that range: no row is ignored.
+        lowest_seen, highest_seen = torch.stack(torch.aminmax(labels)).tolist()
+        if lowest_seen >= 0 and highest_seen <= highest:
+            if not lowest_seen <= ignore_index <= highest_seen:
+                return _canonical(labels, num_classes, first), None
+            checked = False  # in range already: no second read
+    valid = labels != ignore_index
+    # Ignored rows take a label that is in range and means "background" (or class 0
+    # where there is none) once translated.
     fill = 0 if first or not allow_background else num_classes
     labels = torch.where(valid, labels, fill)
-    if reads_values(validate) and labels.numel() > 0:
-        # both background layouts use the range [0, C]: label C or label 0 is background
-        highest = num_classes if allow_background else num_classes - 1
-        # one read of both values: one device sync on an accelerator
+    if checked:
+        # Some label is outside the range; it is an error unless it is ignore_index.
         lowest_seen, highest_seen = torch.stack(torch.aminmax(labels)).tolist()
         if lowest_seen < 0 or highest_seen > highest:
             first_bad = int(labels[(labels < 0) | (labels > highest)][0])
@@ -132,23 +143,43 @@ def class_indices(
             raise ValueError(
                 f"target: expected {what} or ignore_index={ignore_index}, got {first_bad}"
             )
-    if first:
-        labels = torch.where(labels == 0, num_classes, labels - 1)
-    return labels, valid
+    return _canonical(labels, num_classes, first), valid
+
+
+def _canonical(labels: Tensor, num_classes: int, background_first: bool) -> Tensor:
+    """Labels with background ``C``: ``'first'`` labels (0 = background) translated."""
+    if background_first:
+        return torch.where(labels == 0, num_classes, labels - 1)
+    return labels
+
+
+def count_rows(
+    valid: Tensor | None, labels: Tensor, dtype: torch.dtype
+) -> tuple[Tensor, Tensor | float]:
+    """The number of rows that count, as a scalar tensor of ``dtype``, and the mean's
+    scale ``1 / max(count, 1)`` (a float when the count is known without reading values).
+    """
+    if valid is None:
+        num_rows = labels.numel()
+        count = torch.full((), num_rows, dtype=dtype, device=labels.device)
+        return count, 1.0 / max(num_rows, 1)
+    count = valid.sum(dtype=dtype)
+    return count, count.clamp_min(1.0).reciprocal()
 
 
 def row_weights(
-    valid: Tensor, weight: Tensor | None, rows_shape: Sequence[int], dtype: torch.dtype
-) -> Tensor:
-    """Per-row multiplier: 0 for ignored rows, else the optional per-sample ``weight``.
+    valid: Tensor | None, weight: Tensor | None, rows_shape: Sequence[int], dtype: torch.dtype
+) -> Tensor | None:
+    """Per-row multiplier: 0 for ignored rows, else the optional per-sample ``weight``;
+    ``None`` where every row counts with weight 1.
 
     ``weight`` has the shape of the label tensor; its entries scale both the loss and the
     statistics of their row.
     """
-    rows = valid.to(dtype)
-    if weight is None:
-        return rows
-    if not isinstance(weight, Tensor) or not weight.is_floating_point():
-        raise ValueError("weight: expected a floating-point tensor of per-sample weights")
-    check_same_rows("weight", weight, rows_shape)
-    return rows * weight.reshape(-1).to(dtype)
+    if weight is not None:
+        if not isinstance(weight, Tensor) or not weight.is_floating_point():
+            raise ValueError("weight: expected a floating-point tensor of per-sample weights")
+        check_same_rows("weight", weight, rows_shape)
+        weight = weight.reshape(-1).to(dtype)
+        return weight if valid is None else valid.to(dtype) * weight
+    return None if valid is None else valid.to(dtype)

@@ -18,9 +18,14 @@ from torch import Tensor, nn
 RATIO_EPS = 1e-10
 
 
+def is_distributed() -> bool:
+    """Whether a default process group exists, so that statistics are summed over ranks."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def all_reduce_sum(tensor: Tensor, process_group: dist.ProcessGroup | None) -> None:
     """Sum ``tensor`` in place over the ranks; nothing without a process group."""
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=process_group)
 
 
@@ -132,30 +137,42 @@ class GradientStatistics(nn.Module):
             )
         float64 = torch.float64
         device = self.pos_grad.device
-        extras = [
-            1.0 if normaliser is None else normaliser,
-            num_samples,
-            # Non-finite where the loss has a non-finite entry: it spoils the check below.
-            0.0 if loss is None else loss.sum(dtype=float64),
-        ]
-        # One buffer, so one all-reduce: [pos, neg, normaliser, num_samples, loss]. cat
-        # promotes every part to float64.
-        packed = torch.cat(
-            [
-                pos_increment.to(device),
-                neg_increment.to(device),
-                torch.stack([torch.as_tensor(x, dtype=float64, device=device) for x in extras]),
-            ]
-        )
-        all_reduce_sum(packed, self.process_group)
+        # The statistics may live on another device than the loss (a criterion left on
+        # the CPU): every tensor joins them there.
+        if isinstance(normaliser, Tensor):
+            normaliser = normaliser.to(device)
+        if isinstance(num_samples, Tensor):
+            num_samples = num_samples.to(device)
+        # Non-finite where the loss has a non-finite entry: it spoils the check below.
+        loss_total: Tensor | float = 0.0
+        if loss is not None:
+            loss_total = (loss if loss.dim() == 0 else loss.sum(dtype=float64)).to(device)
+        increments = torch.cat([pos_increment.to(device), neg_increment.to(device)])
+        if increments.dtype != float64:
+            increments = increments.to(float64)
+        if is_distributed():
+            # One buffer, so one all-reduce: [pos, neg, normaliser, num_samples, loss].
+            extras = [1.0 if normaliser is None else normaliser, num_samples, loss_total]
+            packed = torch.cat(
+                [
+                    increments,
+                    torch.stack([torch.as_tensor(x, dtype=float64, device=device) for x in extras]),
+                ]
+            )
+            all_reduce_sum(packed, self.process_group)
+            increments = packed[: 2 * num_classes]
+            normaliser = None if normaliser is None else packed[-3]
+            num_samples, loss_total = packed[-2], packed[-1]
         # Decided on the reduced values, without a host sync, so every rank accepts or
-        # drops the step alike. Any non-finite entry makes the total NaN or infinite,
-        # and its product with 0 NaN, which fails the comparison: accepted means
-        # "every entry finite and some sample".
-        accepted = packed[-2] + packed.sum() * 0.0 > 0
-        increments = packed[: 2 * num_classes]
+        # drops the step alike. A non-finite increment, loss or normaliser makes the
+        # check NaN or infinite, and its product with 0 NaN, which fails the comparison:
+        # accepted means "every entry finite and some sample".
+        check = increments.sum() + loss_total
         if normaliser is not None:
-            increments = increments / packed[-3].clamp_min(1.0)
+            check = check + normaliser
+        accepted = check * 0.0 + num_samples > 0
+        if normaliser is not None:
+            increments = increments / torch.as_tensor(normaliser).clamp_min(1.0)
         increments = torch.where(accepted, increments, 0.0)
         self.pos_grad.add_(increments[:num_classes])
         self.neg_grad.add_(increments[num_classes:])

@@ -74,20 +74,28 @@ def block_rows(tensor: Tensor, rows: slice) -> Tensor:
 
 
 class PositiveColumns(NamedTuple):
-    """Per row, as ``(rows, 1)`` columns: the column of its positive entry, its weight,
-    its weight at the positive entry (0 where it has none), and 1 where it has none."""
+    """Per row, as ``(rows, 1)`` columns: the column of its positive entry, its weight
+    (``None``: every row weighs 1), its weight at the positive entry (0 where it has
+    none), and 1 where it has none."""
 
     columns: Tensor
-    row_weight: Tensor
+    row_weight: Tensor | None
     pos_row_weight: Tensor
     no_positive: Tensor
 
     def block(self, rows: slice) -> PositiveColumns:
         """The rows ``rows`` of every field (see :func:`block_rows`)."""
-        return PositiveColumns(*(block_rows(field, rows) for field in self))
+        return PositiveColumns(
+            block_rows(self.columns, rows),
+            None if self.row_weight is None else block_rows(self.row_weight, rows),
+            block_rows(self.pos_row_weight, rows),
+            block_rows(self.no_positive, rows),
+        )
 
 
-def positive_columns(labels: Tensor, num_columns: int, row_weight: Tensor) -> PositiveColumns:
+def positive_columns(
+    labels: Tensor, num_columns: int, row_weight: Tensor | None, dtype: torch.dtype
+) -> PositiveColumns:
     """Where each row's one positive entry sits, for labels in ``[0, K]`` (``K``: none).
 
     A row without a positive still gets a column (``K - 1``), so that every block can
@@ -97,12 +105,16 @@ def positive_columns(labels: Tensor, num_columns: int, row_weight: Tensor) -> Po
     """
     # (rows, 1) once here, so that the blocks only slice
     labels = labels.unsqueeze(1)
-    row_weight = row_weight.unsqueeze(1)
-    no_positive = (labels >= num_columns).to(row_weight.dtype)
+    no_positive = (labels >= num_columns).to(dtype)
+    if row_weight is None:
+        pos_row_weight = 1.0 - no_positive
+    else:
+        row_weight = row_weight.unsqueeze(1)
+        pos_row_weight = row_weight - row_weight * no_positive
     return PositiveColumns(
         columns=labels.clamp_max(num_columns - 1),
         row_weight=row_weight,
-        pos_row_weight=row_weight - row_weight * no_positive,
+        pos_row_weight=pos_row_weight,
         no_positive=no_positive,
     )
 
@@ -252,21 +264,34 @@ class _AttachGradient(torch.autograd.Function):
         return loss
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, None, None, None]:
-        (grad,) = ctx.saved_tensors
-        if grad_output.numel() == 1 and float(grad_output) == 1.0:
-            # The usual loss.backward(): hand out the saved buffer itself, so backward
-            # allocates nothing logit-sized. It is never written to, so a retained graph
-            # can run backward again.
-            result = grad
-        else:
-            upstream = grad_output.to(grad.dtype)
-            if 0 < upstream.dim() < grad.dim():
-                # per-sample losses of a softmax loss: broadcast over the class dimension
-                upstream = upstream.unsqueeze(ctx.class_dim)
-            result = grad * upstream
-        return result.to(ctx.logits_dtype), None, None, None
+        if torch.is_grad_enabled():
+            # create_graph=True: the saved gradient is a constant, so a second derivative
+            # through it would be wrong; once_differentiable makes using one an error.
+            # Plain backward skips that wrapper, a sizeable share of a small head's step.
+            return _logits_grad_once_differentiable(ctx, grad_output)
+        return _logits_grad(ctx, grad_output)
+
+
+def _logits_grad(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, None, None, None]:
+    (grad,) = ctx.saved_tensors
+    if grad_output.numel() == 1 and float(grad_output) == 1.0:
+        # The usual loss.backward(): hand out the saved buffer itself, so backward
+        # allocates nothing logit-sized. It is never written to, so a retained graph
+        # can run backward again.
+        result = grad
+    else:
+        upstream = grad_output if grad_output.dtype == grad.dtype else grad_output.to(grad.dtype)
+        if 0 < upstream.dim() < grad.dim():
+            # per-sample losses of a softmax loss: broadcast over the class dimension
+            upstream = upstream.unsqueeze(ctx.class_dim)
+        result = grad * upstream
+    if result.dtype != ctx.logits_dtype:
+        result = result.to(ctx.logits_dtype)
+    return result, None, None, None
+
+
+_logits_grad_once_differentiable = torch.autograd.function.once_differentiable(_logits_grad)
 
 
 def attach_gradient(logits: Tensor, loss: Tensor, grad: Tensor, class_dim: int = -1) -> Tensor:
@@ -276,8 +301,10 @@ def attach_gradient(logits: Tensor, loss: Tensor, grad: Tensor, class_dim: int =
     own losses do (a float16 loss would overflow once a GradScaler multiplies it).
     """
     if not torch.is_autocast_enabled(logits.device.type):
-        loss = loss.to(logits.dtype)
-    elif loss.dtype != torch.float64:
-        loss = loss.float()
+        wanted = logits.dtype
+    else:
+        wanted = torch.float64 if loss.dtype == torch.float64 else torch.float32
+    if loss.dtype != wanted:
+        loss = loss.to(wanted)
     out: Tensor = _AttachGradient.apply(logits, loss.detach(), grad, class_dim)  # type: ignore[no-untyped-call]
     return out

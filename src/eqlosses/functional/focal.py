@@ -34,6 +34,7 @@ from ..labels import (
     check_same_rows,
     class_indices,
     class_vector_length,
+    count_rows,
     reads_values,
     row_weights,
 )
@@ -70,7 +71,7 @@ def _focal_kernel(
     focusing: Tensor,
     weighting: Tensor,
     alpha: float | None,
-    grad_scale: Tensor | None,
+    grad_scale: Tensor | float | None,
     per_entry: bool,
 ) -> BlockKernel:
     """Every entry is a negative except at most one positive per row (see
@@ -88,7 +89,9 @@ def _focal_kernel(
 
         # Negative entries: d/dz [σ^γ softplus(z)] = σ^γ (γ (1 - σ) softplus(z) + σ)
         torch.addcmul(prob, softplus * focusing, 1.0 - prob, out=grad)
-        grad.mul_(modulator).mul_(neg_coef).mul_(weight)
+        grad.mul_(modulator).mul_(neg_coef)
+        if weight is not None:
+            grad.mul_(weight)
 
         # The positive entries, one per row; a row without one has a zero coefficient.
         sp = softplus.gather(1, columns)
@@ -115,7 +118,9 @@ def _focal_kernel(
             )
         pos_inc, neg_inc = place_positives(grad, columns, no_positive, pos_grad)
 
-        loss = modulator.mul_(softplus).mul_(neg_coef).mul_(weight)
+        loss = modulator.mul_(softplus).mul_(neg_coef)
+        if weight is not None:
+            loss.mul_(weight)
         replace_positives(loss, columns, no_positive, pos_loss)
         if grad_scale is not None:
             grad.mul_(grad_scale)
@@ -161,14 +166,14 @@ def _focal(
         if reads_values(validate) and bool(((scores < 0) | (scores > 1)).any()):
             raise ValueError("score: expected quality targets in [0, 1], got values outside")
     rows = row_weights(valid, weight, rows_shape, dtype)
-    positives = positive_columns(labels, num_classes, rows)
+    positives = positive_columns(labels, num_classes, rows, dtype)
     # Background and ignored rows read no score; theirs may be anything, NaN included.
     quality = None
     if scores is not None:
         quality = scores.reshape(-1, 1).masked_fill(positives.no_positive > 0, 0.0)
 
     normaliser: Tensor | None = None
-    grad_scale: Tensor | None = None
+    grad_scale: Tensor | float | None = None
     if reduction == "mean":
         if avg_factor is None:
             # ignored rows carry the background label
@@ -201,7 +206,7 @@ def _focal(
     if grad_scale is not None:
         loss = loss * grad_scale
     loss = attach_gradient(logits, loss, grad)
-    return LossOutput(loss, pos_inc, neg_inc, normaliser, valid.sum())
+    return LossOutput(loss, pos_inc, neg_inc, normaliser, count_rows(valid, labels, dtype)[0])
 
 
 def equalized_focal_loss(

@@ -109,8 +109,9 @@ def _hard_labels(
     ignore_index: int,
     validate: bool,
     loss_name: str,
-) -> tuple[Tensor, Tensor]:
-    """Flat labels in ``[0, C)`` (0 on ignored rows) and the flat mask of rows that count."""
+) -> tuple[Tensor, Tensor | None]:
+    """Flat labels in ``[0, C)`` (0 on ignored rows) and the flat mask of rows that count
+    (``None``: all of them)."""
     if not isinstance(target, Tensor):
         raise ValueError(f"target: expected a torch.Tensor of labels, got {type(target).__name__}")
     if target.is_floating_point():
@@ -393,7 +394,9 @@ def class_balanced_cross_entropy(
     )
     dtype = compute_dtype(logits)
     rows = row_weights(valid, weight, rows_shape, dtype)
-    sample_weight = class_weight.to(device=logits.device, dtype=dtype)[labels] * rows
+    sample_weight = class_weight.to(device=logits.device, dtype=dtype)[labels]
+    if rows is not None:
+        sample_weight = sample_weight * rows
     return cross_entropy_blocks(
         logits,
         target,
@@ -576,7 +579,8 @@ def federated_classes(
         validate=validate,
     )
     chosen = torch.zeros(num_classes + 1, dtype=torch.bool, device=counts.device)
-    chosen[labels[valid].to(counts.device)] = True
+    present = labels if valid is None else labels[valid]
+    chosen[present.to(counts.device)] = True
     chosen = chosen[:num_classes]  # background is no class of its own here
     missing = num_sample_classes - int(chosen.sum())
     if missing > 0:

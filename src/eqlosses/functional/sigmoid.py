@@ -29,6 +29,7 @@ from ..labels import (
     check_logits,
     class_indices,
     class_vector_length,
+    count_rows,
     reads_values,
     row_weights,
 )
@@ -67,7 +68,7 @@ def _index_kernel(
     neg_weight: Tensor,
     foreground: Tensor | None,
     foreground_neg_weight: Tensor | None,
-    grad_scale: Tensor | None,
+    grad_scale: Tensor | float | None,
     per_entry: bool,
 ) -> BlockKernel:
     """Block kernel for integer labels: every entry is a negative except at most one
@@ -84,13 +85,17 @@ def _index_kernel(
         prob = torch.sigmoid(logits)
         softplus = F.softplus(logits)
 
-        torch.mul(prob, entry_neg, out=grad).mul_(weight)
+        torch.mul(prob, entry_neg, out=grad)
+        if weight is not None:
+            grad.mul_(weight)
         pos_coef = pos_row_weight * pos_weight.take(columns)
         pos_grad = pos_coef * (prob.gather(1, columns) - 1.0)
         pos_inc, neg_inc = place_positives(grad, columns, no_positive, pos_grad)
 
         pos_loss = pos_coef * (softplus.gather(1, columns) - logits.gather(1, columns))
-        loss = softplus.mul_(entry_neg).mul_(weight)
+        loss = softplus.mul_(entry_neg)
+        if weight is not None:
+            loss.mul_(weight)
         replace_positives(loss, columns, no_positive, pos_loss)
         if grad_scale is not None:
             grad.mul_(grad_scale)
@@ -101,19 +106,19 @@ def _index_kernel(
 
 def _soft_kernel(
     targets: Tensor,
-    rows_weight: Tensor,
+    rows_weight: Tensor | None,
     pos_weight: Tensor,
     neg_weight: Tensor,
-    grad_scale: Tensor | None,
+    grad_scale: Tensor | float | None,
     per_entry: bool,
 ) -> BlockKernel:
     """Block kernel for float targets in [0, 1] (multi-hot or soft)."""
 
     def kernel(logits: Tensor, rows: slice, grad: Tensor) -> BlockResult:
-        target = targets[rows].to(logits.dtype)
-        weight = rows_weight[rows].unsqueeze(1)
+        target = block_rows(targets, rows)
         entry_weight = neg_weight + (pos_weight - neg_weight) * target
-        entry_weight.mul_(weight)
+        if rows_weight is not None:
+            entry_weight.mul_(block_rows(rows_weight, rows).unsqueeze(1))
         torch.sub(torch.sigmoid(logits), target, out=grad)
         magnitude = grad.abs().mul_(entry_weight)
         pos_inc = (magnitude * target).sum(0)
@@ -157,6 +162,7 @@ def _weighted_bce(
     fg_neg_w = None if foreground_neg_weight is None else foreground_neg_weight.to(dtype)
 
     per_entry = reduction == "none"
+    grad_scale: Tensor | float | None
     if target.is_floating_point():
         if target.shape != (*rows_shape, num_classes):
             raise ValueError(
@@ -169,10 +175,9 @@ def _weighted_bce(
         if objectness:
             background = (soft.sum(1, keepdim=True) == 0).to(dtype)
             soft = torch.cat([soft, background], dim=1)
-        every_row = torch.ones(soft.shape[0], dtype=torch.bool, device=logits.device)
-        rows = row_weights(every_row, weight, rows_shape, dtype)
-        count = torch.tensor(float(soft.shape[0]), dtype=dtype, device=logits.device)
-        grad_scale = 1.0 / count.clamp_min(1.0) if reduction == "mean" else None
+        rows = row_weights(None, weight, rows_shape, dtype)
+        count = torch.full((), soft.shape[0], dtype=dtype, device=logits.device)
+        grad_scale = 1.0 / max(soft.shape[0], 1) if reduction == "mean" else None
         kernel = _soft_kernel(soft, rows, pos_w, neg_w, grad_scale, per_entry)
     else:
         labels, valid = class_indices(
@@ -185,11 +190,11 @@ def _weighted_bce(
             validate=validate,
         )
         rows = row_weights(valid, weight, rows_shape, dtype)
-        count = valid.sum(dtype=dtype)
-        grad_scale = count.clamp_min(1.0).reciprocal() if reduction == "mean" else None
+        count, mean_scale = count_rows(valid, labels, dtype)
+        grad_scale = mean_scale if reduction == "mean" else None
         # Label C is a positive in the background column with objectness; without
         # that column a background row has no positive entry.
-        positives = positive_columns(labels, num_columns, rows)
+        positives = positive_columns(labels, num_columns, rows, dtype)
         foreground = None if fg_neg_w is None else (labels < num_classes).unsqueeze(1)
         kernel = _index_kernel(positives, pos_w, neg_w, foreground, fg_neg_w, grad_scale, per_entry)
     loss, grad, pos_inc, neg_inc = run_blocks(

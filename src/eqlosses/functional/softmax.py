@@ -24,6 +24,7 @@ from ..labels import (
     check_same_rows,
     class_indices,
     class_vector_length,
+    count_rows,
     reads_values,
     row_weights,
 )
@@ -72,19 +73,20 @@ def softmax_eql_adjustment(
 def _softmax_kernel(
     labels: Tensor | None,
     soft_targets: Tensor | None,
-    rows_weight: Tensor,
+    rows_weight: Tensor | None,
     adjustment: Tensor | None,
     entry_adjustment: EntryAdjustment | None,
     label_smoothing: float,
-    grad_scale: Tensor | None,
+    grad_scale: Tensor | float | None,
     per_row: bool,
 ) -> BlockKernel:
     """Block kernel of the cross-entropy; ``labels`` and ``rows_weight`` are ``(R, 1)``
-    columns, and so is every per-row quantity inside."""
+    columns, and so is every per-row quantity inside. ``rows_weight`` ``None``: every
+    row weighs 1."""
 
     def kernel(logits: Tensor, rows: slice, grad: Tensor) -> BlockResult:
         num_columns = logits.shape[1]
-        weight = block_rows(rows_weight, rows)
+        weight = None if rows_weight is None else block_rows(rows_weight, rows)
         # grad holds z̃, then exp(z̃ - max), then the gradient: no other block-sized buffer
         if adjustment is None:
             grad.copy_(logits)
@@ -105,30 +107,38 @@ def _softmax_kernel(
         total = grad.sum(1, keepdim=True)
         inverse = total.reciprocal()
         log_norm = total.log_().add_(shift)
-        scale = weight if grad_scale is None else weight * grad_scale
+        # The per-row factor of the gradient: the row's weight times the mean's scale.
+        if weight is None:
+            scale: Tensor | float | None = grad_scale
+        else:
+            scale = weight if grad_scale is None else weight * grad_scale
 
         if soft_targets is not None:
             target_mass = target.sum(1, keepdim=True)
             loss = log_norm * target_mass - target_logit
             grad.mul_(inverse * target_mass).sub_(target)
-            magnitude = grad.abs().mul_(weight)
+            magnitude = grad.abs() if weight is None else grad.abs().mul_(weight)
             pos_inc = (magnitude * target).sum(0)
             neg_inc = magnitude.sum(0) - pos_inc
-            grad.mul_(scale)
+            if scale is not None:
+                grad.mul_(scale)
         elif label_smoothing == 0:
             # grad is exp(z̃ - max) = total · softmax(z̃): fold 1/total into the row factors.
-            # The target entries stay in place (no zeroing scatter, which is slow on the
-            # strided per-pixel blocks): the column sums lose their targets' share
-            # afterwards, and one scatter_add turns p into p - 1.
-            row_factor = weight * inverse
+            # The target entries stay in place for the column sums (no zeroing scatter,
+            # which is slow on the strided per-pixel blocks), which lose their targets'
+            # share afterwards.
+            row_factor = inverse if weight is None else weight * inverse
             weighted_prob = grad.gather(1, label).mul_(row_factor)
             loss = log_norm - target_logit
             neg_inc = torch.mm(row_factor.t(), grad).view(-1)
-            neg_inc.index_add_(0, label.view(-1), weighted_prob.view(-1), alpha=-1.0)
-            grad.mul_(scale * inverse)
-            grad.scatter_add_(1, label, scale.neg())
+            # the target entries' gradient, w (p - 1); its magnitude is w (1 - p)
+            target_grad = weighted_prob - (1.0 if weight is None else weight)
+            grad.mul_(row_factor if grad_scale is None else row_factor * grad_scale)
+            grad.scatter_(1, label, target_grad if grad_scale is None else target_grad * grad_scale)
+            flat_label = label.view(-1)
+            neg_inc.index_add_(0, flat_label, weighted_prob.view(-1), alpha=-1.0)
             pos_inc = torch.zeros(num_columns, dtype=logits.dtype, device=logits.device)
-            pos_inc.index_add_(0, label.view(-1), (weight - weighted_prob).view(-1))
+            pos_inc.index_add_(0, flat_label, target_grad.view(-1), alpha=-1.0)
         else:
             assert mean_logit is not None
             smooth = label_smoothing / num_columns
@@ -140,12 +150,20 @@ def _softmax_kernel(
             # The statistics split by the hard label, so the smoothing mass on the other
             # columns counts as negative gradient.
             grad.scatter_(1, label, 0.0)
-            neg_inc = torch.mm(weight.t(), grad.abs()).view(-1)
-            grad.mul_(scale)
-            grad.scatter_(1, label, target_grad * scale)
+            magnitude = grad.abs()
+            if weight is None:
+                neg_inc = magnitude.sum(0)
+            else:
+                neg_inc = torch.mm(weight.t(), magnitude).view(-1)
+            if scale is not None:
+                grad.mul_(scale)
+            target_magnitude = target_grad.abs() if weight is None else weight * target_grad.abs()
+            grad.scatter_(1, label, target_grad if scale is None else target_grad * scale)
             pos_inc = torch.zeros(num_columns, dtype=logits.dtype, device=logits.device)
-            pos_inc.index_add_(0, label.view(-1), (weight * target_grad.abs()).view(-1))
-        loss = loss.mul_(weight).view(-1)
+            pos_inc.index_add_(0, label.view(-1), target_magnitude.view(-1))
+        if weight is not None:
+            loss = loss.mul_(weight)
+        loss = loss.view(-1)
         return BlockResult(loss if per_row else loss.sum(), pos_inc, neg_inc)
 
     return kernel
@@ -189,7 +207,9 @@ def cross_entropy_blocks(
         if reads_values(validate) and bool((target < 0).any()):
             raise ValueError("target: expected non-negative soft targets, got negative values")
         soft = target
-        valid = torch.ones(target.shape[0], dtype=torch.bool, device=target.device)
+        valid = None
+        count = torch.full((), target.shape[0], dtype=dtype, device=target.device)
+        mean_scale: Tensor | float = 1.0 / max(target.shape[0], 1)
     else:
         labels, valid = class_indices(
             target,
@@ -199,14 +219,14 @@ def cross_entropy_blocks(
             ignore_index=ignore_index,
             validate=validate,
         )
+        count, mean_scale = count_rows(valid, labels, dtype)
     rows = row_weights(valid, weight, rows_shape, dtype)
-    count = valid.sum(dtype=dtype)
-    grad_scale = count.clamp_min(1.0).reciprocal() if reduction == "mean" else None
+    grad_scale = mean_scale if reduction == "mean" else None
     per_row = reduction == "none"
     kernel = _softmax_kernel(
         None if labels is None else labels.unsqueeze(1),
         soft,
-        rows.unsqueeze(1),
+        None if rows is None else rows.unsqueeze(1),
         None if adjustment is None else adjustment.to(dtype),
         entry_adjustment,
         label_smoothing,

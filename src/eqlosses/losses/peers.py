@@ -474,7 +474,8 @@ class SeesawLoss(_PeerLoss):
             labels, valid = _hard_labels(
                 target, rows_shape, self.num_classes, self.ignore_index, self.validate, "SeesawLoss"
             )
-            self.statistics.update(torch.where(valid, labels, torch.full_like(labels, -1)))
+            counted = labels if valid is None else torch.where(valid, labels, -1)
+            self.statistics.update(counted)
         output = seesaw_loss(
             logits,
             target,
