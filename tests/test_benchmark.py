@@ -12,6 +12,7 @@ import json
 import math
 import re
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -99,6 +100,14 @@ def test_smoke_run_reports_every_loss_with_ratios(
         # (a) and (b) start from the same state, so their first losses agree
         first = result["first_loss"]
         assert first["a"] == pytest.approx(first["b"], rel=1e-4)
+        fixed = result.get("fixed_overhead")
+        assert (fixed is not None) == result["case"].endswith("/small")
+        if fixed is not None:
+            assert fixed["rows"] == benchmark.FIXED_OVERHEAD_ROWS
+            assert fixed["a_ms"] > 0 and fixed["c_ms"] > 0
+            assert fixed["overhead_ms"] == pytest.approx(fixed["a_ms"] - fixed["c_ms"])
+    assert f"fixed overhead: CPU time per step on {benchmark.FIXED_OVERHEAD_ROWS} rows" in out
+    assert "fixed a-c = " in out
 
 
 @pytest.mark.usefixtures("keep_threads")
@@ -172,6 +181,40 @@ def test_verification_catches_a_different_formula(monkeypatch: pytest.MonkeyPatc
         benchmark.verify([benchmark.CASES["softmax_eql"]], profile)
     monkeypatch.setattr(benchmark, "build", original)
     assert benchmark.verify(benchmark.select_cases(None), profile, steps=2)
+
+
+class _SpinningLoss(benchmark.Implementation):
+    """The plain loss plus a known amount of the calling thread's CPU time."""
+
+    def __init__(self, plain: benchmark.Implementation, spin_ms: float) -> None:
+        self.plain = plain
+        self.spin_ms = spin_ms
+
+    def __call__(self, inputs: benchmark.Inputs) -> torch.Tensor:
+        end = time.thread_time() + self.spin_ms / 1000.0
+        while time.thread_time() < end:
+            pass
+        return self.plain(inputs)
+
+
+@pytest.mark.usefixtures("keep_threads")
+def test_fixed_overhead_finds_a_known_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = benchmark.build
+
+    def spinning(
+        case: benchmark.Case, which: str, shape: tuple[int, ...], profile: benchmark.LabelProfile
+    ) -> benchmark.Implementation:
+        plain = original(case, "c", shape, profile)
+        return _SpinningLoss(plain, 0.3) if which == "a" else plain
+
+    monkeypatch.setattr(benchmark, "build", spinning)
+    monkeypatch.setattr(benchmark, "FIXED_OVERHEAD_CALLS", 5)
+    torch.set_num_threads(2)
+    fixed = benchmark.fixed_overhead(
+        benchmark.CASES["softmax_eql/small"], benchmark.load_profile(None), 81, repeats=2
+    )
+    assert fixed["overhead_ms"] == pytest.approx(0.3, abs=0.1)
+    assert torch.get_num_threads() == 2  # restored after the one-thread measurement
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")

@@ -18,6 +18,12 @@ warm-up; a call shorter than 10 ms is repeated within its sample so a sample las
 least that long. The table gives the median and the interquartile range in ms and the
 ratios a/b and a/c of the medians.
 
+Fixed overhead (small heads): wall-clock differences of a millisecond or less move with
+the machine's other load and include the per-entry work. So (a) and (c) are also timed
+on 16 rows of the same columns, where the arithmetic is negligible, in CPU time of the
+calling thread with one intra-op thread (:func:`fixed_overhead`): their difference is
+what a step of this library costs beyond the plain loss whatever its size.
+
 Memory: every (case, implementation) runs in a fresh Python process
 (``python -m eqlosses.benchmark --memory-case CASE:IMPL``). It creates and touches the
 inputs, runs one warm-up step, resets the peak resident set size (``/proc/self/clear_refs``),
@@ -91,6 +97,10 @@ CAMVID_PIXEL_PERCENT = (
 )
 MIN_SAMPLE_SECONDS = 0.01
 MAX_INNER_CALLS = 200
+# The fixed overhead is timed on this many rows (of the small head's columns), where
+# the arithmetic is negligible, in thread CPU time over this many calls per sample.
+FIXED_OVERHEAD_ROWS = 16
+FIXED_OVERHEAD_CALLS = 40
 
 
 class BenchmarkError(RuntimeError):
@@ -102,7 +112,7 @@ class BenchmarkError(RuntimeError):
 class Target:
     """A goal from the issue: ``metric <= limit``."""
 
-    metric: str  # "a/b", "a/c", "mem a" or "a-c ms"
+    metric: str  # "a/b", "a/c", "mem a", "a-c ms" or "fixed a-c ms"
     limit: float
 
 
@@ -133,7 +143,7 @@ class Case:
 _SIGMOID_TARGETS = (Target("a/c", 0.8), Target("a/b", 0.25), Target("mem a", 1.5))
 _FOCAL_TARGETS = (Target("a/c", 0.3), Target("a/b", 0.2), Target("mem a", 1.5))
 _SOFTMAX_TARGETS = (Target("a/c", 1.3), Target("mem a", 1.5))
-_SMALL_TARGETS = (Target("a-c ms", 0.5),)
+_SMALL_TARGETS = (Target("a-c ms", 0.5), Target("fixed a-c ms", 0.5))
 _BCE = "BCE-with-logits, one-hot from labels"
 _FOCAL = "sigmoid focal loss (autograd)"
 _CE = "F.cross_entropy"
@@ -781,6 +791,44 @@ def time_case(
     return timings, first_loss
 
 
+def fixed_overhead(
+    case: Case, profile: LabelProfile, columns: int, *, repeats: int
+) -> dict[str, float]:
+    """CPU time per step of (a) and (c) on ``FIXED_OVERHEAD_ROWS`` rows: what a step costs
+    whatever its size (dispatch, Python, bookkeeping), and (a)'s excess over (c).
+
+    One intra-op thread and the calling thread's CPU time (``time.thread_time``), so that
+    time the machine gives to other processes is not counted, as it is in wall-clock
+    times; interleaved samples of ``FIXED_OVERHEAD_CALLS`` calls, medians.
+    """
+    shape = (FIXED_OVERHEAD_ROWS, columns)
+    base = make_inputs(case, shape, profile, seed=0)
+    inputs = {"a": base, "c": base.clone()}
+    impls = {key: build(case, key, shape, profile) for key in inputs}
+    samples: dict[str, list[float]] = {key: [] for key in impls}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    gc_was_enabled = gc.isenabled()
+    try:
+        for key, impl in impls.items():
+            for _ in range(FIXED_OVERHEAD_CALLS):
+                _step(impl, inputs[key])
+        gc.collect()
+        gc.disable()
+        for round_ in range(max(repeats, 1) * 3):
+            for key in ("a", "c") if round_ % 2 == 0 else ("c", "a"):
+                start = time.thread_time()
+                for _ in range(FIXED_OVERHEAD_CALLS):
+                    _step(impls[key], inputs[key])
+                samples[key].append((time.thread_time() - start) * 1000.0 / FIXED_OVERHEAD_CALLS)
+    finally:
+        torch.set_num_threads(threads)
+        if gc_was_enabled:
+            gc.enable()
+    a_ms, c_ms = statistics.median(samples["a"]), statistics.median(samples["c"])
+    return {"rows": FIXED_OVERHEAD_ROWS, "a_ms": a_ms, "c_ms": c_ms, "overhead_ms": a_ms - c_ms}
+
+
 # ----------------------------------------------------------------------------- memory
 def _proc_status_kib(name: str) -> int | None:
     try:
@@ -1013,6 +1061,9 @@ def _metric(result: dict[str, Any], metric: str) -> float | None:
         if "a" not in times or "c" not in times:
             return None
         return float(times["a"]["median_ms"] - times["c"]["median_ms"])
+    if metric == "fixed a-c ms":
+        fixed = result.get("fixed_overhead")
+        return None if fixed is None else float(fixed["overhead_ms"])
     raise ValueError(metric)
 
 
@@ -1283,6 +1334,8 @@ def run(args: argparse.Namespace) -> int:
             },
             "memory": {},
         }
+        if any(target.metric == "fixed a-c ms" for target in case.targets):
+            result["fixed_overhead"] = fixed_overhead(case, profile, shape[1], repeats=repeats)
         results.append(result)
         print(
             f"  timed {case.key:18s} {_shape_text(shape):22s} "
@@ -1332,6 +1385,17 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"memory calibration: allocating 2 logit-sized tensors reads "
             f"{calibration['logit_units']:.2f} ({calibration['method']})"
+        )
+    fixed = [r for r in results if "fixed_overhead" in r]
+    if fixed:
+        print(
+            f"fixed overhead: CPU time per step on {FIXED_OVERHEAD_ROWS} rows, one thread, "
+            "where the arithmetic is negligible (medians): "
+            + "; ".join(
+                f"{r['title']} a={_ms(r['fixed_overhead']['a_ms'])} "
+                f"c={_ms(r['fixed_overhead']['c_ms'])} ms"
+                for r in fixed
+            )
         )
     print(format_targets(results, args.size))
     elapsed = time.perf_counter() - started
