@@ -1334,14 +1334,20 @@ def run(args: argparse.Namespace) -> int:
             },
             "memory": {},
         }
-        if any(target.metric == "fixed a-c ms" for target in case.targets):
-            result["fixed_overhead"] = fixed_overhead(case, profile, shape[1], repeats=repeats)
         results.append(result)
         print(
             f"  timed {case.key:18s} {_shape_text(shape):22s} "
             + "  ".join(f"{k}={_ms(medians[k])} ms" for k in IMPLEMENTATIONS),
             flush=True,
         )
+
+    # After every wall-clock timing: the one-thread measurement changes the thread pool,
+    # which was seen to slow the two-thread cases timed after it.
+    for result in results:
+        case = CASES[result["case"]]
+        if any(target.metric == "fixed a-c ms" for target in case.targets):
+            columns = result["shape"][1]
+            result["fixed_overhead"] = fixed_overhead(case, profile, columns, repeats=repeats)
 
     calibration: dict[str, Any] | None = None
     if with_memory:
