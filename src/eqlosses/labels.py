@@ -154,17 +154,21 @@ def _canonical(labels: Tensor, num_classes: int, background_first: bool) -> Tens
 
 
 def count_rows(
-    valid: Tensor | None, labels: Tensor, dtype: torch.dtype
-) -> tuple[Tensor, Tensor | float]:
-    """The number of rows that count, as a scalar tensor of ``dtype``, and the mean's
-    scale ``1 / max(count, 1)`` (a float when the count is known without reading values).
-    """
+    valid: Tensor | None, num_rows: int, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """The number of rows that count, as a scalar tensor of ``dtype``: all ``num_rows``
+    where ``valid`` is ``None``."""
     if valid is None:
-        num_rows = labels.numel()
-        count = torch.full((), num_rows, dtype=dtype, device=labels.device)
-        return count, 1.0 / max(num_rows, 1)
-    count = valid.sum(dtype=dtype)
-    return count, count.clamp_min(1.0).reciprocal()
+        return torch.full((), num_rows, dtype=dtype, device=device)
+    return valid.sum(dtype=dtype)
+
+
+def mean_scale(valid: Tensor | None, count: Tensor, num_rows: int) -> Tensor | float:
+    """The mean's factor ``1 / max(count, 1)``; a float where every row counts, so that
+    it costs no operation."""
+    if valid is None:
+        return 1.0 / max(num_rows, 1)
+    return count.clamp_min(1.0).reciprocal()
 
 
 def row_weights(

@@ -206,7 +206,8 @@ def _focal(
     if grad_scale is not None:
         loss = loss * grad_scale
     loss = attach_gradient(logits, loss, grad)
-    return LossOutput(loss, pos_inc, neg_inc, normaliser, count_rows(valid, labels, dtype)[0])
+    num_samples = count_rows(valid, labels.numel(), dtype, logits.device)
+    return LossOutput(loss, pos_inc, neg_inc, normaliser, num_samples)
 
 
 def equalized_focal_loss(

@@ -30,6 +30,7 @@ from ..labels import (
     class_indices,
     class_vector_length,
     count_rows,
+    mean_scale,
     reads_values,
     row_weights,
 )
@@ -176,8 +177,8 @@ def _weighted_bce(
             background = (soft.sum(1, keepdim=True) == 0).to(dtype)
             soft = torch.cat([soft, background], dim=1)
         rows = row_weights(None, weight, rows_shape, dtype)
-        count = torch.full((), soft.shape[0], dtype=dtype, device=logits.device)
-        grad_scale = 1.0 / max(soft.shape[0], 1) if reduction == "mean" else None
+        count = count_rows(None, soft.shape[0], dtype, logits.device)
+        grad_scale = mean_scale(None, count, soft.shape[0]) if reduction == "mean" else None
         kernel = _soft_kernel(soft, rows, pos_w, neg_w, grad_scale, per_entry)
     else:
         labels, valid = class_indices(
@@ -190,8 +191,8 @@ def _weighted_bce(
             validate=validate,
         )
         rows = row_weights(valid, weight, rows_shape, dtype)
-        count, mean_scale = count_rows(valid, labels, dtype)
-        grad_scale = mean_scale if reduction == "mean" else None
+        count = count_rows(valid, labels.numel(), dtype, logits.device)
+        grad_scale = mean_scale(valid, count, labels.numel()) if reduction == "mean" else None
         # Label C is a positive in the background column with objectness; without
         # that column a background row has no positive entry.
         positives = positive_columns(labels, num_columns, rows, dtype)

@@ -11,6 +11,7 @@ EQL v1's softmax form replaces ``e^{z_k}`` in the denominator by ``w̃_k e^{z_k}
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -25,6 +26,7 @@ from ..labels import (
     class_indices,
     class_vector_length,
     count_rows,
+    mean_scale,
     reads_values,
     row_weights,
 )
@@ -208,8 +210,6 @@ def cross_entropy_blocks(
             raise ValueError("target: expected non-negative soft targets, got negative values")
         soft = target
         valid = None
-        count = torch.full((), target.shape[0], dtype=dtype, device=target.device)
-        mean_scale: Tensor | float = 1.0 / max(target.shape[0], 1)
     else:
         labels, valid = class_indices(
             target,
@@ -219,9 +219,10 @@ def cross_entropy_blocks(
             ignore_index=ignore_index,
             validate=validate,
         )
-        count, mean_scale = count_rows(valid, labels, dtype)
+    num_rows = math.prod(rows_shape)
+    count = count_rows(valid, num_rows, dtype, logits.device)
     rows = row_weights(valid, weight, rows_shape, dtype)
-    grad_scale = mean_scale if reduction == "mean" else None
+    grad_scale = mean_scale(valid, count, num_rows) if reduction == "mean" else None
     per_row = reduction == "none"
     kernel = _softmax_kernel(
         None if labels is None else labels.unsqueeze(1),
