@@ -106,14 +106,22 @@ def write_results(out_dir: Path, payload: Run) -> Path:
     return path
 
 
-def plot_per_class(
-    runs: Sequence[Run], losses: Sequence[str], path: Path, *, ylabel: str, xlabel: str
-) -> None:
-    """Per-class metric (mean over seeds) against the class size, one panel per loss."""
+def _pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display); imported on
+    first use, so that the losses never need matplotlib."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_per_class(
+    runs: Sequence[Run], losses: Sequence[str], path: Path, *, ylabel: str, xlabel: str
+) -> None:
+    """Per-class metric (mean over seeds) against the class size, one panel per loss."""
+    plt = _pyplot()
 
     present = [loss for loss in losses if any(r["loss"] == loss for r in runs)]
     cols = min(4, len(present))
@@ -144,29 +152,35 @@ def plot_per_class(
     plt.close(fig)
 
 
-def _first_runs_with_grad_ratio(runs: Sequence[Run]) -> dict[str, Run]:
-    """Loss name -> its first run that records ``g`` per epoch."""
+def _grad_ratio_figure(
+    runs: Sequence[Run], panel_size: tuple[float, float]
+) -> tuple[Any, Any, Any, dict[str, Run]] | None:
+    """pyplot, a figure with one panel of ``panel_size`` inches per loss that records ``g``
+    per epoch, the row of panels, and each such loss's first run; ``None`` if no run
+    records ``g``."""
     recorded: dict[str, Run] = {}
     for run in runs:
         if run.get("grad_ratio_history") and run["loss"] not in recorded:
             recorded[run["loss"]] = run
-    return recorded
+    if not recorded:
+        return None
+    plt = _pyplot()
+    width, height = panel_size
+    fig, axes = plt.subplots(
+        1, len(recorded), figsize=(width * len(recorded), height), squeeze=False
+    )
+    return plt, fig, axes[0], recorded
 
 
 def plot_grad_ratio(runs: Sequence[Run], path: Path) -> bool:
     """The per-class gradient ratio ``g`` over training (first seed of each loss that
     records it), each class coloured by its class size; False if no run records it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    recorded = _first_runs_with_grad_ratio(runs)
-    if not recorded:
+    figure = _grad_ratio_figure(runs, (4.2, 3.2))
+    if figure is None:
         return False
-    fig, axes = plt.subplots(1, len(recorded), figsize=(4.2 * len(recorded), 3.2), squeeze=False)
+    plt, fig, axes, recorded = figure
     cmap = plt.get_cmap("viridis")
-    for ax, (loss, run) in zip(axes[0], recorded.items(), strict=True):
+    for ax, (loss, run) in zip(axes, recorded.items(), strict=True):
         history = run["grad_ratio_history"]
         sizes = run["class_sizes"]
         largest = math.log(max(sizes) + 1)
@@ -177,10 +191,10 @@ def plot_grad_ratio(runs: Sequence[Run], path: Path) -> bool:
         ax.set_title(f"{loss}: g per class", fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("pos / neg gradient (g)")
+    axes[0].set_ylabel("pos / neg gradient (g)")
     sm = plt.cm.ScalarMappable(cmap=cmap)
     sm.set_array([])
-    cbar = fig.colorbar(sm, ax=axes[0].tolist(), fraction=0.03)
+    cbar = fig.colorbar(sm, ax=axes.tolist(), fraction=0.03)
     cbar.set_label("log class size (scaled)")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -206,10 +220,7 @@ def plot_segmentation_examples(
         palette: one RGB colour per class, plus one for unlabelled.
         class_names: for the legend.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     import numpy as np
     from matplotlib.patches import Patch
 
@@ -246,18 +257,13 @@ def plot_grad_ratio_by_class(
     that records it), one labelled line per class; the ``highlight`` classes (e.g. the
     rare ones) dashed. For a few classes, where a colour scale would hide which is which.
     False if no run records ``g``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    recorded = _first_runs_with_grad_ratio(runs)
-    if not recorded:
+    figure = _grad_ratio_figure(runs, (5.0, 3.4))
+    if figure is None:
         return False
-    fig, axes = plt.subplots(1, len(recorded), figsize=(5.0 * len(recorded), 3.4), squeeze=False)
+    plt, fig, axes, recorded = figure
     cmap = plt.get_cmap("tab20")
     marked = set(highlight)
-    for ax, (loss, run) in zip(axes[0], recorded.items(), strict=True):
+    for ax, (loss, run) in zip(axes, recorded.items(), strict=True):
         history = run["grad_ratio_history"]
         epochs = range(1, len(history) + 1)
         for c, name in enumerate(class_names):
@@ -273,8 +279,8 @@ def plot_grad_ratio_by_class(
         ax.set_title(f"{loss}: g per class (* = rare, dashed)", fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("pos / neg gradient (g)")
-    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    axes[0].set_ylabel("pos / neg gradient (g)")
+    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return True
@@ -294,10 +300,7 @@ def plot_detections(
     blue when its class is on the canvas and red otherwise, labelled ``class:score``.
     ``panels[loss][k]`` holds ``boxes``, ``scores`` and ``labels`` for ``images[k]``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     from matplotlib.patches import Rectangle
 
     rows, cols = len(panels), len(images)
