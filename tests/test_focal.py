@@ -43,6 +43,8 @@ STREAMS = {
     "plain": {},
     "yolox_scale": dict(scale=4.0, gamma_b=1.5),
     "avg_factor": dict(avg_factor=3.5),
+    # a tensor avg_factor stays on the device; a Python number is used as it is
+    "avg_factor_tensor": dict(avg_factor=torch.tensor(3.5)),
     "first": dict(background_index="first"),
     "sum": dict(reduction="sum"),
 }

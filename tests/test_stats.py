@@ -248,6 +248,17 @@ def test_normaliser_below_one_counts_as_one(normaliser: float | torch.Tensor) ->
     assert int(stats.num_updates) == 1
 
 
+@pytest.mark.parametrize("num_samples", [0, 0.0, torch.tensor(0.0)], ids=["int", "float", "tensor"])
+def test_a_step_without_samples_is_dropped(num_samples: float | torch.Tensor) -> None:
+    # Losses pass the count as a Python number when no row was ignored, else a tensor.
+    stats = _filled()
+    before = _snapshot(stats)
+    accepted = stats.update(POS, NEG, 2.0, num_samples=num_samples)
+    assert accepted.dtype == torch.bool and not bool(accepted)
+    _assert_unchanged(stats, before)
+    assert bool(stats.update(POS, NEG, 2.0, num_samples=3))
+
+
 def test_normaliser_none_means_no_division() -> None:
     stats = GradientStatistics(C, 1.0)
     stats.update(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([4.0, 5.0, 6.0]), None)
@@ -276,6 +287,8 @@ def test_non_finite_step_is_dropped_entirely(where: str, bad: float) -> None:
     else:
         normaliser = torch.tensor(bad)
     accepted = stats.update(pos, neg, normaliser)
+    if where == "normaliser":  # the same as a Python number, judged on the host
+        assert not bool(stats.update(pos, neg, bad))
     assert accepted.dtype == torch.bool
     assert not bool(accepted)
     _assert_unchanged(stats, before)

@@ -153,22 +153,19 @@ def _canonical(labels: Tensor, num_classes: int, background_first: bool) -> Tens
     return labels
 
 
-def count_rows(
-    valid: Tensor | None, num_rows: int, dtype: torch.dtype, device: torch.device
-) -> Tensor:
-    """The number of rows that count, as a scalar tensor of ``dtype``: all ``num_rows``
-    where ``valid`` is ``None``."""
+def count_rows(valid: Tensor | None, num_rows: int, dtype: torch.dtype) -> Tensor | float:
+    """The number of rows that count: a scalar tensor of ``dtype``, or the Python number
+    ``num_rows`` where ``valid`` is ``None`` (every row counts), which costs no operation."""
     if valid is None:
-        return torch.full((), num_rows, dtype=dtype, device=device)
+        return float(num_rows)
     return valid.sum(dtype=dtype)
 
 
-def mean_scale(valid: Tensor | None, count: Tensor, num_rows: int) -> Tensor | float:
-    """The mean's factor ``1 / max(count, 1)``; a float where every row counts, so that
-    it costs no operation."""
-    if valid is None:
-        return 1.0 / max(num_rows, 1)
-    return count.clamp_min(1.0).reciprocal()
+def mean_scale(count: Tensor | float) -> Tensor | float:
+    """The mean's factor ``1 / max(count, 1)``, of the same kind as ``count``."""
+    if isinstance(count, Tensor):
+        return count.clamp_min(1.0).reciprocal()
+    return 1.0 / max(count, 1.0)
 
 
 def row_weights(

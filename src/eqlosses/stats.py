@@ -9,6 +9,7 @@ processes and the dtype guard.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -144,18 +145,20 @@ class GradientStatistics(nn.Module):
         if isinstance(num_samples, Tensor):
             num_samples = num_samples.to(device)
         # Non-finite where the loss has a non-finite entry: it spoils the check below.
-        loss_total: Tensor | float = 0.0
+        loss_total: Tensor | None = None
         if loss is not None:
             loss_total = (loss if loss.dim() == 0 else loss.sum(dtype=float64)).to(device)
         increments = torch.cat([pos_increment.to(device), neg_increment.to(device)])
-        if increments.dtype != float64:
-            increments = increments.to(float64)
         if is_distributed():
             # One buffer, so one all-reduce: [pos, neg, normaliser, num_samples, loss].
-            extras = [1.0 if normaliser is None else normaliser, num_samples, loss_total]
+            extras = [
+                1.0 if normaliser is None else normaliser,
+                num_samples,
+                0.0 if loss_total is None else loss_total,
+            ]
             packed = torch.cat(
                 [
-                    increments,
+                    increments.to(float64),
                     torch.stack([torch.as_tensor(x, dtype=float64, device=device) for x in extras]),
                 ]
             )
@@ -166,13 +169,29 @@ class GradientStatistics(nn.Module):
         # Decided on the reduced values, without a host sync, so every rank accepts or
         # drops the step alike. A non-finite increment, loss or normaliser makes the
         # check NaN or infinite, and its product with 0 NaN, which fails the comparison:
-        # accepted means "every entry finite and some sample".
-        check = increments.sum() + loss_total
-        if normaliser is not None:
+        # accepted means "every entry finite and some sample". (Tensor.isfinite costs
+        # four operations.) Python numbers are judged here, on the host.
+        check = increments.sum(dtype=float64)
+        if loss_total is not None:
+            check = check + loss_total
+        if isinstance(normaliser, Tensor):
             check = check + normaliser
-        accepted = check * 0.0 + num_samples > 0
+        if isinstance(num_samples, Tensor):
+            accepted = check * 0.0 + num_samples > 0
+            host_accepts = True
+        else:
+            accepted = check * 0.0 == 0.0
+            host_accepts = num_samples > 0
         if normaliser is not None:
-            increments = increments / torch.as_tensor(normaliser).clamp_min(1.0)
+            # divided in float64, as the sums are kept: no rounding to the increments' dtype
+            increments = increments.to(float64)
+            if isinstance(normaliser, Tensor):
+                increments = increments / normaliser.clamp_min(1.0)
+            else:
+                host_accepts = host_accepts and math.isfinite(normaliser)
+                increments = increments / max(normaliser, 1.0)
+        if not host_accepts:
+            accepted.fill_(False)
         increments = torch.where(accepted, increments, 0.0)
         self.pos_grad.add_(increments[:num_classes])
         self.neg_grad.add_(increments[num_classes:])

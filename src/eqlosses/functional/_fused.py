@@ -32,13 +32,16 @@ class LossOutput(NamedTuple):
         normaliser: the count that divides the increments once they are summed over
             processes (``None``: the statistics are not normalised).
         num_samples: the number of samples (rows) that were not ignored.
+
+    A count known without reading the labels on the device (no row ignored) is a Python
+    number, so that no operation is spent on it.
     """
 
     loss: Tensor
     pos_increment: Tensor
     neg_increment: Tensor
-    normaliser: Tensor | None
-    num_samples: Tensor
+    normaliser: Tensor | float | None
+    num_samples: Tensor | float
 
 
 def compute_dtype(logits: Tensor) -> torch.dtype:
@@ -74,42 +77,59 @@ def block_rows(tensor: Tensor, rows: slice) -> Tensor:
 
 
 class PositiveColumns(NamedTuple):
-    """Per row, as ``(rows, 1)`` columns: the column of its positive entry, its weight
-    (``None``: every row weighs 1), its weight at the positive entry (0 where it has
-    none), and 1 where it has none."""
+    """Per row, as ``(rows, 1)`` columns: the column of its positive entry, its weight,
+    its weight at the positive entry (0 where it has none), and 1 where it has none.
+
+    ``None`` stands for a column that is 1 everywhere (``row_weight``,
+    ``pos_row_weight``) or 0 everywhere (``no_positive``: every row has its positive),
+    so that the kernels skip its multiplies.
+    """
 
     columns: Tensor
     row_weight: Tensor | None
-    pos_row_weight: Tensor
-    no_positive: Tensor
+    pos_row_weight: Tensor | None
+    no_positive: Tensor | None
 
     def block(self, rows: slice) -> PositiveColumns:
         """The rows ``rows`` of every field (see :func:`block_rows`)."""
+
+        def part(column: Tensor | None) -> Tensor | None:
+            return None if column is None else block_rows(column, rows)
+
         return PositiveColumns(
             block_rows(self.columns, rows),
-            None if self.row_weight is None else block_rows(self.row_weight, rows),
-            block_rows(self.pos_row_weight, rows),
-            block_rows(self.no_positive, rows),
+            part(self.row_weight),
+            part(self.pos_row_weight),
+            part(self.no_positive),
         )
 
 
 def positive_columns(
-    labels: Tensor, num_columns: int, row_weight: Tensor | None, dtype: torch.dtype
+    labels: Tensor,
+    num_columns: int,
+    row_weight: Tensor | None,
+    dtype: torch.dtype,
+    *,
+    every_row_positive: bool,
 ) -> PositiveColumns:
     """Where each row's one positive entry sits, for labels in ``[0, K]`` (``K``: none).
 
     A row without a positive still gets a column (``K - 1``), so that every block can
     gather and scatter one entry per row without selecting rows first; its
     ``pos_row_weight`` is 0 and its ``no_positive`` 1, which leave that entry a negative.
-    ``row_weight`` is the per-row multiplier of :func:`~eqlosses.labels.row_weights`.
+    ``every_row_positive`` says that the labels are known to lie in ``[0, K)`` (checked
+    labels and a background column), which spares those columns. ``row_weight`` is the
+    per-row multiplier of :func:`~eqlosses.labels.row_weights`.
     """
     # (rows, 1) once here, so that the blocks only slice
     labels = labels.unsqueeze(1)
+    row_weight = None if row_weight is None else row_weight.unsqueeze(1)
+    if every_row_positive:
+        return PositiveColumns(labels, row_weight, row_weight, None)
     no_positive = (labels >= num_columns).to(dtype)
     if row_weight is None:
         pos_row_weight = 1.0 - no_positive
     else:
-        row_weight = row_weight.unsqueeze(1)
         pos_row_weight = row_weight - row_weight * no_positive
     return PositiveColumns(
         columns=labels.clamp_max(num_columns - 1),
@@ -119,17 +139,27 @@ def positive_columns(
     )
 
 
-def replace_positives(block: Tensor, columns: Tensor, no_positive: Tensor, value: Tensor) -> None:
+def scale_by(values: Tensor, factor: Tensor | None) -> Tensor:
+    """``values * factor``; ``values`` itself where the factor is ``None`` (all 1)."""
+    return values if factor is None else values * factor
+
+
+def replace_positives(
+    block: Tensor, columns: Tensor, no_positive: Tensor | None, value: Tensor
+) -> None:
     """Put ``value`` (``(rows, 1)``) at each row's positive entry of ``block``, in place.
 
     A row without a positive keeps its entry (its ``value`` must be 0).
     """
+    if no_positive is None:
+        block.scatter_(1, columns, value)
+        return
     kept = block.gather(1, columns).mul_(no_positive)
     block.scatter_(1, columns, kept.add_(value))
 
 
 def place_positives(
-    grad: Tensor, columns: Tensor, no_positive: Tensor, pos_grad: Tensor
+    grad: Tensor, columns: Tensor, no_positive: Tensor | None, pos_grad: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Put the positives' gradient into a block that holds the negative-entry gradient.
 
@@ -139,12 +169,17 @@ def place_positives(
     Returns this block's ``(pos_increment, neg_increment)``, the per-column sums of the
     gradient magnitudes split by positive and negative.
     """
-    kept = grad.gather(1, columns).mul_(no_positive)
     # Zeroed first (a row without a positive keeps its entry), so that the column sums
     # count the negatives only.
-    grad.scatter_(1, columns, kept)
-    neg_increment = grad.sum(0)
-    grad.scatter_(1, columns, kept.add_(pos_grad))
+    if no_positive is None:
+        grad.scatter_(1, columns, 0.0)
+        neg_increment = grad.sum(0)
+        grad.scatter_(1, columns, pos_grad)
+    else:
+        kept = grad.gather(1, columns).mul_(no_positive)
+        grad.scatter_(1, columns, kept)
+        neg_increment = grad.sum(0)
+        grad.scatter_(1, columns, kept.add_(pos_grad))
     pos_increment = torch.zeros_like(neg_increment).index_add_(
         0, columns.view(-1), pos_grad.abs().view(-1)
     )
@@ -206,8 +241,10 @@ def _run_blocks(
         loss_shape = (logits.shape[0], *logits.shape[2:])
     else:
         num_columns = logits.shape[-1]
-        logits_2d = logits.reshape(-1, num_columns)
-        grad_2d = grad.view(-1, num_columns)
+        if logits.dim() == 2:
+            logits_2d, grad_2d = logits, grad  # a reshape is an operation a small head pays
+        else:
+            logits_2d, grad_2d = logits.reshape(-1, num_columns), grad.view(-1, num_columns)
         blocks = list(_blocks(logits_2d.shape[0], num_columns, block_elements))
         if len(blocks) == 1:
             # a small head: one block, no slicing (each slice is an operation it pays)

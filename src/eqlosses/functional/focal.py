@@ -35,6 +35,7 @@ from ..labels import (
     class_indices,
     class_vector_length,
     count_rows,
+    mean_scale,
     reads_values,
     row_weights,
 )
@@ -50,6 +51,7 @@ from ._fused import (
     positive_columns,
     replace_positives,
     run_blocks,
+    scale_by,
 )
 
 __all__ = ["equalized_focal_factors", "equalized_focal_loss", "equalized_quality_focal_loss"]
@@ -96,16 +98,18 @@ def _focal_kernel(
         # The positive entries, one per row; a row without one has a zero coefficient.
         sp = softplus.gather(1, columns)
         p = prob.gather(1, columns)
-        gamma = focusing.take(columns)
-        coef = weighting.take(columns) * pos_row_weight
+        coef = scale_by(weighting.take(columns), pos_row_weight)
         if quality is None:
             assert alpha is not None
+            neg_gamma = neg_focusing.take(columns)
             sp_neg = softplus_neg.gather(1, columns)
             # α (1 - σ)^γ softplus(-z); (1 - σ)^γ = exp(-γ softplus(z))
-            scaled_focal = alpha * coef * torch.exp(-gamma * sp)
+            scaled_focal = torch.exp(neg_gamma * sp).mul_(coef).mul_(alpha)
             pos_loss = scaled_focal * sp_neg
-            pos_grad = -scaled_focal * (gamma * p * sp_neg + torch.exp(-sp))
+            # d/dz = -α (1 - σ)^γ (γ σ softplus(-z) + 1 - σ), with 1 - σ = exp(-softplus(z))
+            pos_grad = (neg_gamma * p * sp_neg).sub_(torch.exp(-sp)).mul_(scaled_focal)
         else:
+            gamma = focusing.take(columns)
             target = block_rows(quality, rows).to(logits.dtype)
             diff = p - target
             bce = sp - target * logits.gather(1, columns)
@@ -166,23 +170,27 @@ def _focal(
         if reads_values(validate) and bool(((scores < 0) | (scores > 1)).any()):
             raise ValueError("score: expected quality targets in [0, 1], got values outside")
     rows = row_weights(valid, weight, rows_shape, dtype)
-    positives = positive_columns(labels, num_classes, rows, dtype)
+    positives = positive_columns(labels, num_classes, rows, dtype, every_row_positive=False)
     # Background and ignored rows read no score; theirs may be anything, NaN included.
     quality = None
     if scores is not None:
+        assert positives.no_positive is not None  # not every_row_positive
         quality = scores.reshape(-1, 1).masked_fill(positives.no_positive > 0, 0.0)
 
-    normaliser: Tensor | None = None
+    normaliser: Tensor | float | None = None
     grad_scale: Tensor | float | None = None
     if reduction == "mean":
         if avg_factor is None:
             # ignored rows carry the background label
             normaliser = (labels < num_classes).sum(dtype=dtype)
         else:
-            normaliser = torch.as_tensor(avg_factor, dtype=dtype, device=logits.device)
+            if isinstance(avg_factor, Tensor):
+                normaliser = avg_factor.to(device=logits.device, dtype=dtype)
+            else:
+                normaliser = float(avg_factor)
             if reads_values(validate) and not bool(normaliser > 0):
                 raise ValueError(f"avg_factor: expected a positive number, got {avg_factor}")
-        grad_scale = normaliser.clamp_min(1.0).reciprocal()
+        grad_scale = mean_scale(normaliser)
     elif avg_factor is not None:
         raise ValueError(f"avg_factor: only used with reduction='mean', got {reduction!r}")
 
@@ -206,7 +214,7 @@ def _focal(
     if grad_scale is not None:
         loss = loss * grad_scale
     loss = attach_gradient(logits, loss, grad)
-    num_samples = count_rows(valid, labels.numel(), dtype, logits.device)
+    num_samples = count_rows(valid, labels.numel(), dtype)
     return LossOutput(loss, pos_inc, neg_inc, normaliser, num_samples)
 
 

@@ -46,6 +46,7 @@ from ._fused import (
     positive_columns,
     replace_positives,
     run_blocks,
+    scale_by,
 )
 
 __all__ = ["eql_sigmoid", "sigmoid_eql", "sigmoid_eql_factors"]
@@ -65,8 +66,8 @@ def sigmoid_eql_factors(
 
 def _index_kernel(
     positives: PositiveColumns,
-    pos_weight: Tensor,
-    neg_weight: Tensor,
+    pos_weight: Tensor | None,
+    neg_weight: Tensor | None,
     foreground: Tensor | None,
     foreground_neg_weight: Tensor | None,
     grad_scale: Tensor | float | None,
@@ -75,26 +76,34 @@ def _index_kernel(
     """Block kernel for integer labels: every entry is a negative except at most one
     positive per row (see :class:`PositiveColumns`). With ``foreground_neg_weight``, the
     rows marked in ``foreground`` (``(rows, 1)``) weigh their negatives by it instead of
-    ``neg_weight``."""
+    ``neg_weight``. A class weight of ``None`` is 1 for every class."""
 
     def kernel(logits: Tensor, rows: slice, grad: Tensor) -> BlockResult:
         columns, weight, pos_row_weight, no_positive = positives.block(rows)
-        if foreground is None or foreground_neg_weight is None:
-            entry_neg = neg_weight
-        else:
-            entry_neg = torch.where(block_rows(foreground, rows), foreground_neg_weight, neg_weight)
+        entry_neg: Tensor | None = neg_weight
+        if foreground is not None and foreground_neg_weight is not None:
+            entry_neg = torch.where(
+                block_rows(foreground, rows),
+                foreground_neg_weight,
+                1.0 if neg_weight is None else neg_weight,
+            )
         prob = torch.sigmoid(logits)
         softplus = F.softplus(logits)
 
-        torch.mul(prob, entry_neg, out=grad)
+        if entry_neg is None:
+            grad.copy_(prob)
+        else:
+            torch.mul(prob, entry_neg, out=grad)
         if weight is not None:
             grad.mul_(weight)
-        pos_coef = pos_row_weight * pos_weight.take(columns)
-        pos_grad = pos_coef * (prob.gather(1, columns) - 1.0)
+        pos_coef = pos_row_weight
+        if pos_weight is not None:
+            pos_coef = scale_by(pos_weight.take(columns), pos_row_weight)
+        pos_grad = scale_by(prob.gather(1, columns) - 1.0, pos_coef)
         pos_inc, neg_inc = place_positives(grad, columns, no_positive, pos_grad)
 
-        pos_loss = pos_coef * (softplus.gather(1, columns) - logits.gather(1, columns))
-        loss = softplus.mul_(entry_neg)
+        pos_loss = scale_by(softplus.gather(1, columns) - logits.gather(1, columns), pos_coef)
+        loss = softplus if entry_neg is None else softplus.mul_(entry_neg)
         if weight is not None:
             loss.mul_(weight)
         replace_positives(loss, columns, no_positive, pos_loss)
@@ -136,8 +145,8 @@ def _soft_kernel(
 def _weighted_bce(
     logits: Tensor,
     target: Tensor,
-    pos_weight: Tensor,
-    neg_weight: Tensor,
+    pos_weight: Tensor | None,
+    neg_weight: Tensor | None,
     *,
     num_classes: int,
     objectness: bool,
@@ -151,15 +160,19 @@ def _weighted_bce(
     check_choice("reduction", reduction, ("mean", "sum", "none"))
     num_columns = num_classes + 1 if objectness else num_classes
     check_logits(logits, num_columns)
-    check_class_vector("pos_weight", pos_weight, num_classes)
-    check_class_vector("neg_weight", neg_weight, num_classes)
     dtype = compute_dtype(logits)
     rows_shape = logits.shape[:-1]
-    class_weights = torch.stack([pos_weight, neg_weight]).to(dtype)
-    if objectness:
-        # The objectness column is in the loss with weight 1 and out of the statistics.
-        class_weights = F.pad(class_weights, (0, 1), value=1.0)
-    pos_w, neg_w = class_weights
+    # None: weight 1 for every class (EQL v1), and no soft targets or objectness
+    pos_w: Tensor | None = None
+    neg_w: Tensor | None = None
+    if pos_weight is not None and neg_weight is not None:
+        check_class_vector("pos_weight", pos_weight, num_classes)
+        check_class_vector("neg_weight", neg_weight, num_classes)
+        class_weights = torch.stack([pos_weight, neg_weight]).to(dtype)
+        if objectness:
+            # The objectness column is in the loss with weight 1 and out of the statistics.
+            class_weights = F.pad(class_weights, (0, 1), value=1.0)
+        pos_w, neg_w = class_weights
     fg_neg_w = None if foreground_neg_weight is None else foreground_neg_weight.to(dtype)
 
     per_entry = reduction == "none"
@@ -177,8 +190,9 @@ def _weighted_bce(
             background = (soft.sum(1, keepdim=True) == 0).to(dtype)
             soft = torch.cat([soft, background], dim=1)
         rows = row_weights(None, weight, rows_shape, dtype)
-        count = count_rows(None, soft.shape[0], dtype, logits.device)
-        grad_scale = mean_scale(None, count, soft.shape[0]) if reduction == "mean" else None
+        count = count_rows(None, soft.shape[0], dtype)
+        grad_scale = mean_scale(count) if reduction == "mean" else None
+        assert pos_w is not None and neg_w is not None  # EQL v1 takes integer labels only
         kernel = _soft_kernel(soft, rows, pos_w, neg_w, grad_scale, per_entry)
     else:
         labels, valid = class_indices(
@@ -191,11 +205,13 @@ def _weighted_bce(
             validate=validate,
         )
         rows = row_weights(valid, weight, rows_shape, dtype)
-        count = count_rows(valid, labels.numel(), dtype, logits.device)
-        grad_scale = mean_scale(valid, count, labels.numel()) if reduction == "mean" else None
+        count = count_rows(valid, labels.numel(), dtype)
+        grad_scale = mean_scale(count) if reduction == "mean" else None
         # Label C is a positive in the background column with objectness; without
-        # that column a background row has no positive entry.
-        positives = positive_columns(labels, num_columns, rows, dtype)
+        # that column a background row has no positive entry. Unchecked labels may lie
+        # beyond the columns: they are rows without a positive.
+        checked = objectness and reads_values(validate)
+        positives = positive_columns(labels, num_columns, rows, dtype, every_row_positive=checked)
         foreground = None if fg_neg_w is None else (labels < num_classes).unsqueeze(1)
         kernel = _index_kernel(positives, pos_w, neg_w, foreground, fg_neg_w, grad_scale, per_entry)
     loss, grad, pos_inc, neg_inc = run_blocks(
@@ -316,14 +332,13 @@ def eql_sigmoid(
     """
     num_classes = class_vector_length("rare", rare)
     dtype = compute_dtype(logits)
-    ones = torch.ones(num_classes, dtype=dtype, device=logits.device)
     if target.is_floating_point():
         raise ValueError("target: EQL v1 takes integer labels, got float targets")
     return _weighted_bce(
         logits,
         target,
-        ones,
-        ones,
+        None,
+        None,
         num_classes=num_classes,
         objectness=False,
         foreground_neg_weight=1.0 - rare.to(dtype),

@@ -220,9 +220,9 @@ def cross_entropy_blocks(
             validate=validate,
         )
     num_rows = math.prod(rows_shape)
-    count = count_rows(valid, num_rows, dtype, logits.device)
+    count = count_rows(valid, num_rows, dtype)
     rows = row_weights(valid, weight, rows_shape, dtype)
-    grad_scale = mean_scale(valid, count, num_rows) if reduction == "mean" else None
+    grad_scale = mean_scale(count) if reduction == "mean" else None
     per_row = reduction == "none"
     kernel = _softmax_kernel(
         None if labels is None else labels.unsqueeze(1),
