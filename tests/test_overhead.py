@@ -41,11 +41,11 @@ class _CountOperations(TorchDispatchMode):
 
 # name: (module factory, logit columns, highest label, takes a quality score, budget)
 CASES: dict[str, tuple[Callable[[], nn.Module], int, int, bool, int]] = {
-    "sigmoid_eql": (lambda: SigmoidEQL(C, objectness=True), C + 1, C, False, 68),
-    "eql": (lambda: EQL([100 - k for k in range(C)], 200, 0.3), C, C, False, 67),
-    "efl": (lambda: EqualizedFocalLoss(C), C, C, False, 100),
-    "eqfl": (lambda: EqualizedQualityFocalLoss(C), C, C, True, 115),
-    "softmax_eql": (lambda: SoftmaxEQL(C), C, C - 1, False, 62),
+    "sigmoid_eql": (lambda: SigmoidEQL(C, objectness=True), C + 1, C, False, 66),
+    "eql": (lambda: EQL([100 - k for k in range(C)], 200, 0.3), C, C, False, 66),
+    "efl": (lambda: EqualizedFocalLoss(C), C, C, False, 98),
+    "eqfl": (lambda: EqualizedQualityFocalLoss(C), C, C, True, 113),
+    "softmax_eql": (lambda: SoftmaxEQL(C), C, C - 1, False, 61),
 }
 
 

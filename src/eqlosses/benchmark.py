@@ -112,7 +112,7 @@ class BenchmarkError(RuntimeError):
 class Target:
     """A goal from the issue: ``metric <= limit``."""
 
-    metric: str  # "a/b", "a/c", "mem a", "a-c ms" or "fixed a-c ms"
+    metric: str  # "a/b", "a/c", "mem a" or "fixed a-c ms"
     limit: float
 
 
@@ -143,7 +143,9 @@ class Case:
 _SIGMOID_TARGETS = (Target("a/c", 0.8), Target("a/b", 0.25), Target("mem a", 1.5))
 _FOCAL_TARGETS = (Target("a/c", 0.3), Target("a/b", 0.2), Target("mem a", 1.5))
 _SOFTMAX_TARGETS = (Target("a/c", 1.3), Target("mem a", 1.5))
-_SMALL_TARGETS = (Target("a-c ms", 0.5), Target("fixed a-c ms", 0.5))
+# "Small head: report it; the fixed overhead stays a fraction of a millisecond": the
+# wall-clock times are in the table, the fixed overhead (below) must stay under 1 ms.
+_SMALL_TARGETS = (Target("fixed a-c ms", 1.0),)
 _BCE = "BCE-with-logits, one-hot from labels"
 _FOCAL = "sigmoid focal loss (autograd)"
 _CE = "F.cross_entropy"
@@ -1056,11 +1058,6 @@ def _metric(result: dict[str, Any], metric: str) -> float | None:
     if metric == "mem a":
         memory = result.get("memory", {}).get("a")
         return None if memory is None else float(memory["logit_units"])
-    if metric == "a-c ms":
-        times = result["timings"]
-        if "a" not in times or "c" not in times:
-            return None
-        return float(times["a"]["median_ms"] - times["c"]["median_ms"])
     if metric == "fixed a-c ms":
         fixed = result.get("fixed_overhead")
         return None if fixed is None else float(fixed["overhead_ms"])

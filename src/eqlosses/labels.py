@@ -109,7 +109,7 @@ def class_indices(
         raise ValueError(f"target: expected integer class labels, got dtype {target.dtype}")
     check_same_rows("target", target, rows_shape)
     check_choice("background_index", background_index, BACKGROUND_INDICES)
-    labels = target.reshape(-1)
+    labels = target if target.dim() == 1 else target.reshape(-1)
     if labels.dtype != torch.long:
         labels = labels.long()
     first = allow_background and background_index == "first"

@@ -95,7 +95,7 @@ class GradientStatistics(nn.Module):
         """``g = pos_grad / (neg_grad + 1e-10)``, float64 ``(C,)``; the initial ratio
         until the first update."""
         ratio = self.pos_grad / (self.neg_grad + RATIO_EPS)
-        return torch.where(self.num_updates > 0, ratio, self.initial_ratio)
+        return ratio.masked_fill(self.num_updates == 0, self.initial_ratio)
 
     @torch.no_grad()
     def reset_statistics(self) -> None:
