@@ -69,23 +69,24 @@ def _index_kernel(
     pos_weight: Tensor | None,
     neg_weight: Tensor | None,
     foreground: Tensor | None,
-    foreground_neg_weight: Tensor | None,
+    foreground_drop: Tensor | None,
     grad_scale: Tensor | float | None,
     per_entry: bool,
 ) -> BlockKernel:
     """Block kernel for integer labels: every entry is a negative except at most one
-    positive per row (see :class:`PositiveColumns`). With ``foreground_neg_weight``, the
-    rows marked in ``foreground`` (``(rows, 1)``) weigh their negatives by it instead of
-    ``neg_weight``. A class weight of ``None`` is 1 for every class."""
+    positive per row (see :class:`PositiveColumns`). A class weight of ``None`` is 1 for
+    every class. EQL v1 passes no class weights but ``foreground_drop`` (``T``): a row
+    with 1 in ``foreground`` (``(rows, 1)``) weighs the negative of class ``j`` by
+    ``1 - T_j``."""
 
     def kernel(logits: Tensor, rows: slice, grad: Tensor) -> BlockResult:
         columns, weight, pos_row_weight, no_positive = positives.block(rows)
         entry_neg: Tensor | None = neg_weight
-        if foreground is not None and foreground_neg_weight is not None:
-            entry_neg = torch.where(
-                block_rows(foreground, rows),
-                foreground_neg_weight,
-                1.0 if neg_weight is None else neg_weight,
+        if foreground is not None and foreground_drop is not None:
+            # 1 - E_i T_j in one pass (a broadcasting where costs about twice as much)
+            block_foreground = block_rows(foreground, rows)
+            entry_neg = torch.addcmul(
+                block_foreground.new_ones(()), block_foreground, foreground_drop, value=-1.0
             )
         prob = torch.sigmoid(logits)
         softplus = F.softplus(logits)
@@ -150,7 +151,7 @@ def _weighted_bce(
     *,
     num_classes: int,
     objectness: bool,
-    foreground_neg_weight: Tensor | None,
+    foreground_drop: Tensor | None,
     weight: Tensor | None,
     reduction: Reduction,
     ignore_index: int,
@@ -173,7 +174,7 @@ def _weighted_bce(
             # The objectness column is in the loss with weight 1 and out of the statistics.
             class_weights = F.pad(class_weights, (0, 1), value=1.0)
         pos_w, neg_w = class_weights
-    fg_neg_w = None if foreground_neg_weight is None else foreground_neg_weight.to(dtype)
+    drop = None if foreground_drop is None else foreground_drop.to(dtype)
 
     per_entry = reduction == "none"
     grad_scale: Tensor | float | None
@@ -212,8 +213,8 @@ def _weighted_bce(
         # beyond the columns: they are rows without a positive.
         checked = objectness and reads_values(validate)
         positives = positive_columns(labels, num_columns, rows, dtype, every_row_positive=checked)
-        foreground = None if fg_neg_w is None else (labels < num_classes).unsqueeze(1)
-        kernel = _index_kernel(positives, pos_w, neg_w, foreground, fg_neg_w, grad_scale, per_entry)
+        foreground = None if drop is None else (labels < num_classes).to(dtype).unsqueeze(1)
+        kernel = _index_kernel(positives, pos_w, neg_w, foreground, drop, grad_scale, per_entry)
     loss, grad, pos_inc, neg_inc = run_blocks(
         logits,
         kernel,
@@ -284,7 +285,7 @@ def sigmoid_eql(
         neg_weight,
         num_classes=class_vector_length("pos_weight", pos_weight),
         objectness=objectness,
-        foreground_neg_weight=None,
+        foreground_drop=None,
         weight=weight,
         reduction=reduction,
         ignore_index=ignore_index,
@@ -331,7 +332,6 @@ def eql_sigmoid(
         >>> out.loss.backward()
     """
     num_classes = class_vector_length("rare", rare)
-    dtype = compute_dtype(logits)
     if target.is_floating_point():
         raise ValueError("target: EQL v1 takes integer labels, got float targets")
     return _weighted_bce(
@@ -341,7 +341,7 @@ def eql_sigmoid(
         None,
         num_classes=num_classes,
         objectness=False,
-        foreground_neg_weight=1.0 - rare.to(dtype),
+        foreground_drop=rare,
         weight=weight,
         reduction=reduction,
         ignore_index=ignore_index,
