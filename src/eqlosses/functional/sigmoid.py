@@ -83,7 +83,7 @@ def _index_kernel(
         columns, weight, pos_row_weight, no_positive = positives.block(rows)
         entry_neg: Tensor | None = neg_weight
         if foreground is not None and foreground_drop is not None:
-            # 1 - E_i T_j in one pass (a broadcasting where costs about twice as much)
+            # 1 - E_i T_j in one pass (a broadcasting where with a scalar is slower)
             block_foreground = block_rows(foreground, rows)
             entry_neg = torch.addcmul(
                 block_foreground.new_ones(()), block_foreground, foreground_drop, value=-1.0
