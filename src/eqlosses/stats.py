@@ -178,20 +178,20 @@ class GradientStatistics(nn.Module):
             check = check + normaliser
         if isinstance(num_samples, Tensor):
             accepted = check * 0.0 + num_samples > 0
-            host_accepts = True
         else:
             accepted = check * 0.0 == 0.0
-            host_accepts = num_samples > 0
+        host_accepts = (isinstance(num_samples, Tensor) or num_samples > 0) and (
+            normaliser is None or isinstance(normaliser, Tensor) or math.isfinite(normaliser)
+        )
+        if not host_accepts:
+            accepted.fill_(False)
         if normaliser is not None:
             # divided in float64, as the sums are kept: no rounding to the increments' dtype
             increments = increments.to(float64)
             if isinstance(normaliser, Tensor):
                 increments = increments / normaliser.clamp_min(1.0)
             else:
-                host_accepts = host_accepts and math.isfinite(normaliser)
                 increments = increments / max(normaliser, 1.0)
-        if not host_accepts:
-            accepted.fill_(False)
         increments = torch.where(accepted, increments, 0.0)
         self.pos_grad.add_(increments[:num_classes])
         self.neg_grad.add_(increments[num_classes:])

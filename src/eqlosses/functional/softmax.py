@@ -72,6 +72,14 @@ def softmax_eql_adjustment(
     return torch.where(total > 0, prior, torch.zeros_like(prior))
 
 
+def _row_scale(weight: Tensor | None, grad_scale: Tensor | float | None) -> Tensor | float | None:
+    """The per-row factor of the gradient: the row's weight times the mean's scale
+    (``None``: 1)."""
+    if weight is None:
+        return grad_scale
+    return weight if grad_scale is None else weight * grad_scale
+
+
 def _softmax_kernel(
     labels: Tensor | None,
     soft_targets: Tensor | None,
@@ -109,11 +117,6 @@ def _softmax_kernel(
         total = grad.sum(1, keepdim=True)
         inverse = total.reciprocal()
         log_norm = total.log_().add_(shift)
-        # The per-row factor of the gradient: the row's weight times the mean's scale.
-        if weight is None:
-            scale: Tensor | float | None = grad_scale
-        else:
-            scale = weight if grad_scale is None else weight * grad_scale
 
         if soft_targets is not None:
             target_mass = target.sum(1, keepdim=True)
@@ -122,6 +125,7 @@ def _softmax_kernel(
             magnitude = grad.abs() if weight is None else grad.abs().mul_(weight)
             pos_inc = (magnitude * target).sum(0)
             neg_inc = magnitude.sum(0) - pos_inc
+            scale = _row_scale(weight, grad_scale)
             if scale is not None:
                 grad.mul_(scale)
         elif label_smoothing == 0:
@@ -157,6 +161,7 @@ def _softmax_kernel(
                 neg_inc = magnitude.sum(0)
             else:
                 neg_inc = torch.mm(weight.t(), magnitude).view(-1)
+            scale = _row_scale(weight, grad_scale)
             if scale is not None:
                 grad.mul_(scale)
             target_magnitude = target_grad.abs() if weight is None else weight * target_grad.abs()
