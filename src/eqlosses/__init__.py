@@ -12,6 +12,7 @@ from .losses import (
     SeesawLoss,
     SigmoidEQL,
     SoftmaxEQL,
+    StatisticsLoss,
 )
 from .stats import GradientStatistics
 
@@ -29,6 +30,7 @@ __all__ = [
     "SeesawLoss",
     "SigmoidEQL",
     "SoftmaxEQL",
+    "StatisticsLoss",
     "__version__",
     "functional",
 ]

@@ -1,5 +1,6 @@
 """Loss modules: hyper-parameters and statistics over the functional forms."""
 
+from ._base import StatisticsLoss
 from .eql import EQL
 from .focal import EqualizedFocalLoss, EqualizedQualityFocalLoss
 from .peers import BalancedSoftmax, ClassBalancedLoss, FederatedLoss, FocalLoss, SeesawLoss
@@ -17,4 +18,5 @@ __all__ = [
     "SeesawLoss",
     "SigmoidEQL",
     "SoftmaxEQL",
+    "StatisticsLoss",
 ]
