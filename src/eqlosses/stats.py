@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .checks import check_integer, check_number
+
 RATIO_EPS = 1e-10
 
 
@@ -74,10 +76,8 @@ class GradientStatistics(nn.Module):
         process_group: dist.ProcessGroup | None = None,
     ) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes: expected a positive integer, got {num_classes}")
-        self.num_classes = num_classes
-        self.initial_ratio = float(initial_ratio)
+        self.num_classes = check_integer("num_classes", num_classes, minimum=1)
+        self.initial_ratio = check_number("initial_ratio", initial_ratio)
         self.process_group = process_group
         self.register_buffer("pos_grad", torch.zeros(num_classes, dtype=torch.float64))
         self.register_buffer("neg_grad", torch.zeros(num_classes, dtype=torch.float64))
@@ -113,6 +113,7 @@ class GradientStatistics(nn.Module):
         *,
         num_samples: Tensor | float = 1.0,
         loss: Tensor | None = None,
+        normaliser_floor: float = 1.0,
     ) -> Tensor:
         """Add one step's increments; returns a bool tensor: was the step accepted.
 
@@ -120,7 +121,9 @@ class GradientStatistics(nn.Module):
         the step. ``normaliser`` (a count such as the number of samples or of positives)
         divides them *after* both have been summed over the ranks, so every rank ends up
         with the statistics of one process fed the union of the ranks' batches. A summed
-        normaliser below 1 counts as 1. ``None`` means no normalisation.
+        normaliser below ``normaliser_floor`` counts as that floor (1: a count of
+        positives may be 0 on every rank, and the loss then divides by 1; 0 for an
+        explicit divisor, which is used as given). ``None`` means no normalisation.
 
         The step is dropped when, summed over the ranks, an increment is not finite, any
         rank's ``loss`` (the step's loss, any shape) has a non-finite entry, or no rank
@@ -189,9 +192,9 @@ class GradientStatistics(nn.Module):
             # divided in float64, as the sums are kept: no rounding to the increments' dtype
             increments = increments.to(float64)
             if isinstance(normaliser, Tensor):
-                increments = increments / normaliser.clamp_min(1.0)
+                increments = increments / normaliser.clamp_min(normaliser_floor)
             else:
-                increments = increments / max(normaliser, 1.0)
+                increments = increments / max(normaliser, normaliser_floor)
         increments = torch.where(accepted, increments, 0.0)
         self.pos_grad.add_(increments[:num_classes])
         self.neg_grad.add_(increments[num_classes:])
@@ -203,17 +206,16 @@ class ClassCounts(nn.Module):
     """Cumulative per-class sample counts (Seesaw's ``N_j``), summed across ranks.
 
     Buffer ``counts``: float64 ``(C,)`` in ``state_dict``, kept float64 like
-    :class:`GradientStatistics`. :meth:`update` adds this step's per-class counts after an
-    all-reduce, so every rank holds the counts of the union of the batches.
+    :class:`GradientStatistics`. A step's per-class counts are summed over the ranks
+    (:meth:`batch_counts`) and then added (:meth:`add`), so every rank holds the counts of
+    the union of the batches.
     """
 
     counts: Tensor
 
     def __init__(self, num_classes: int, process_group: dist.ProcessGroup | None = None) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes: expected a positive integer, got {num_classes}")
-        self.num_classes = num_classes
+        self.num_classes = check_integer("num_classes", num_classes, minimum=1)
         self.process_group = process_group
         self.register_buffer("counts", torch.zeros(num_classes, dtype=torch.float64))
 
@@ -222,14 +224,21 @@ class ClassCounts(nn.Module):
         return self
 
     @torch.no_grad()
-    def update(self, labels: Tensor) -> None:
-        """Count ``labels`` (values outside ``[0, C)`` are not counted)."""
+    def batch_counts(self, labels: Tensor) -> Tensor:
+        """The per-class counts of ``labels`` summed over the ranks (values outside
+        ``[0, C)`` are not counted), not yet added: add them with :meth:`add` once the
+        step has succeeded, so that a step that fails leaves the counts as they were."""
         labels = labels.reshape(-1).to(self.counts.device)
         amount = ((labels >= 0) & (labels < self.num_classes)).to(torch.float64)
         step = torch.zeros_like(self.counts).index_add_(
             0, labels.clamp(0, self.num_classes - 1), amount
         )
         all_reduce_sum(step, self.process_group)
+        return step
+
+    @torch.no_grad()
+    def add(self, step: Tensor) -> None:
+        """Add a step's :meth:`batch_counts`."""
         self.counts.add_(step)
 
     @torch.no_grad()

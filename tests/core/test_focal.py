@@ -290,14 +290,25 @@ def test_fractional_avg_factor_statistics_are_true_gradient():
     close(module.neg_grad, (x.grad.abs() * (1 - y)).sum((0, 1)), torch.float64)
 
 
-def test_fractional_avg_factor_normaliser_is_at_least_one():
-    """SPEC §4: the normaliser is the number of positives averaged over ranks, at least 1."""
+@pytest.mark.parametrize("quality", [False, True], ids=["EFL", "EQFL"])
+def test_explicit_avg_factor_is_the_divisor_as_given(quality):
+    """An explicit avg_factor divides the loss and the statistics as given, below 1 too
+    (a detector may pass a fractional sum of weights); only the default count of
+    positives is floored at 1."""
     gen = torch.Generator().manual_seed(26)
-    logits, target, _, _ = batch(gen)
+    logits, target, _, score = batch(gen)
+    extra = (score,) if quality else ()
     y = F.one_hot(torch.where(target < 0, C, target), C + 1)[..., :C].double()
     valid = (target >= 0).double()[..., None]
-    loss = EqualizedFocalLoss(C)(logits, target, avg_factor=0.5)
-    close(loss, (sigmoid_focal_ref(logits, y) * valid).sum() / 1.0, torch.float64)
+    if not quality:
+        loss = EqualizedFocalLoss(C)(logits, target, avg_factor=0.5)
+        close(loss, (sigmoid_focal_ref(logits, y) * valid).sum() / 0.5, torch.float64)
+    halved, whole = make(quality, {}), make(quality, {})
+    loss_halved = halved(logits, target, *extra, avg_factor=0.5)
+    loss_whole = whole(logits, target, *extra, avg_factor=1.0)
+    close(loss_halved, 2 * loss_whole, torch.float64)
+    close(halved.pos_grad, 2 * whole.pos_grad, torch.float64)
+    close(halved.neg_grad, 2 * whole.neg_grad, torch.float64)
 
 
 @pytest.mark.parametrize("quality", [False, True], ids=["EFL", "EQFL"])

@@ -197,6 +197,7 @@ def run_blocks(
     num_stat_columns: int,
     channels_first: bool,
     loss_kind: str,
+    keep: Tensor | None = None,
     block_elements: int = BLOCK_ELEMENTS,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Run ``kernel`` over the rows of ``logits``; returns loss, gradient and increments.
@@ -205,9 +206,11 @@ def run_blocks(
     the positions ``(n, d1, ...)`` of an ``(N, K, d1, ...)`` tensor, numbered in that
     order. ``loss_kind`` says what the kernels return: ``'sum'`` a scalar, ``'entry'`` a
     per-entry block (the result has the logits' shape), ``'row'`` a per-row vector (the
-    result has the logits' shape without the class dimension).
+    result has the logits' shape without the class dimension). ``keep`` (flat bool per
+    row) marks the rows that count: the kernels see zeros in the others, so that their
+    logits (``inf``, NaN) cannot reach the loss, the gradient or the statistics.
     """
-    arguments = (logits, kernel, num_stat_columns, channels_first, loss_kind, block_elements)
+    arguments = (logits, kernel, num_stat_columns, channels_first, loss_kind, keep, block_elements)
     if torch.compiler.is_compiling():
         return _run_blocks_outside_graph(*arguments)
     # Eagerly the loop runs directly: the compiler's wrapper alone costs tens of
@@ -221,6 +224,7 @@ def _run_blocks(
     num_stat_columns: int,
     channels_first: bool,
     loss_kind: str,
+    keep: Tensor | None,
     block_elements: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     logits = logits.detach()
@@ -258,14 +262,20 @@ def _run_blocks(
         loss_size = () if loss_kind == "sum" else loss_shape
         return torch.zeros(loss_size, dtype=dtype, device=device), grad, zeros, zeros.clone()
 
+    def block_input(view: Tensor, rows: slice) -> Tensor:
+        view = view.to(dtype)
+        if keep is None:
+            return view
+        return torch.where(block_rows(keep, rows).unsqueeze(1), view, 0.0)
+
     # Channels-first blocks stay strided views (rows along memory): no transposed
     # copies; the kernels write the gradient straight into the result.
     if torch.is_autocast_enabled(device.type):
         # The kernels choose their own precision; autocast must not lower their products.
         with torch.autocast(device.type, enabled=False):
-            results = [kernel(view.to(dtype), rows, out) for rows, view, out in views]
+            results = [kernel(block_input(view, rows), rows, out) for rows, view, out in views]
     else:
-        results = [kernel(view.to(dtype), rows, out) for rows, view, out in views]
+        results = [kernel(block_input(view, rows), rows, out) for rows, view, out in views]
     pos_total = _sum_blocks([r.pos_increment for r in results])
     neg_total = _sum_blocks([r.neg_increment for r in results])
     if loss_kind == "sum":
@@ -277,15 +287,28 @@ def _run_blocks(
     return loss, grad, pos_total, neg_total
 
 
-# torch.compile would unroll the block loop into thousands of graph nodes for a detector
-# head; the blocks are fused by hand already, so the compiled graph breaks here on purpose.
-_run_blocks_outside_graph: Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]] = (
-    torch.compiler.disable(_run_blocks)  # type: ignore[no-untyped-call]
-)
+_OUTSIDE_GRAPH: dict[str, Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]] = {}
+
+
+def _run_blocks_outside_graph(*arguments: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    # torch.compile would unroll the block loop into thousands of graph nodes for a
+    # detector head; the blocks are fused by hand already, so the compiled graph breaks
+    # here on purpose. The wrapper is built on first use: building it imports the
+    # compiler (about a second), which a plain ``import eqlosses`` must not pay.
+    run = _OUTSIDE_GRAPH.get("run")
+    if run is None:
+        run = torch.compiler.disable(_run_blocks)  # type: ignore[no-untyped-call]
+        _OUTSIDE_GRAPH["run"] = run
+    return run(*arguments)
 
 
 class _AttachGradient(torch.autograd.Function):
-    """Returns ``loss`` unchanged; its gradient w.r.t. ``logits`` is ``grad_output * grad``."""
+    """Returns ``loss`` unchanged; its gradient w.r.t. ``logits`` is ``grad_output * grad``.
+
+    Backward multiplies the saved gradient by ``grad_output`` (never testing its value,
+    which would wait for the device) and hands it out; unless the graph is kept for
+    another backward, the multiply is in place, so no second logit-sized buffer exists.
+    """
 
     @staticmethod
     def forward(
@@ -302,33 +325,49 @@ class _AttachGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, None, None, None]:
-        if torch.is_grad_enabled():
-            # create_graph=True: the saved gradient is a constant, so a second derivative
-            # through it would be wrong; once_differentiable makes using one an error.
-            # Plain backward skips that wrapper, a sizeable share of a small head's step.
-            return _logits_grad_once_differentiable(ctx, grad_output)
-        return _logits_grad(ctx, grad_output)
-
-
-def _logits_grad(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, None, None, None]:
-    (grad,) = ctx.saved_tensors
-    if grad_output.numel() == 1 and float(grad_output) == 1.0:
-        # The usual loss.backward(): hand out the saved buffer itself, so backward
-        # allocates nothing logit-sized. It is never written to, so a retained graph
-        # can run backward again.
-        result = grad
-    else:
+        (grad,) = ctx.saved_tensors
         upstream = grad_output if grad_output.dtype == grad.dtype else grad_output.to(grad.dtype)
         if 0 < upstream.dim() < grad.dim():
             # per-sample losses of a softmax loss: broadcast over the class dimension
             upstream = upstream.unsqueeze(ctx.class_dim)
-        result = grad * upstream
-    if result.dtype != ctx.logits_dtype:
-        result = result.to(ctx.logits_dtype)
-    return result, None, None, None
+        with torch.no_grad():
+            # In place unless the saved gradient serves a later backward (retain_graph,
+            # gradcheck): its last use needs no second buffer.
+            result = grad * upstream if _graph_is_kept() else grad.mul_(upstream)
+            if result.dtype != ctx.logits_dtype:
+                result = result.to(ctx.logits_dtype)
+        if torch.is_grad_enabled():
+            # create_graph=True: the saved gradient is a constant, so a derivative through
+            # it would silently be zero; differentiating it raises instead.
+            result = _NoSecondDerivative.apply(result.detach().requires_grad_())  # type: ignore[no-untyped-call]
+        return result, None, None, None
 
 
-_logits_grad_once_differentiable = torch.autograd.function.once_differentiable(_logits_grad)
+def _graph_is_kept() -> bool:
+    """Whether the running backward keeps the graph (``retain_graph``/``create_graph``).
+    Read from autograd's engine; where that cannot be read (a compiled backward, another
+    torch), assume it does."""
+    keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    if keep_graph is None or torch.compiler.is_compiling():
+        return True
+    return bool(keep_graph())
+
+
+class _NoSecondDerivative(torch.autograd.Function):
+    """Identity on a precomputed gradient whose own derivative is not implemented."""
+
+    @staticmethod
+    def forward(ctx: Any, gradient: Tensor) -> Tensor:
+        return gradient.view_as(gradient)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> Tensor:
+        raise RuntimeError(
+            "eqlosses: second derivatives of the equalization losses are not implemented "
+            "(the gradient with respect to the logits is computed in forward, as a "
+            "constant); a gradient penalty, Hessian-vector product or other double "
+            "backward through it needs a loss written with differentiable operations"
+        )
 
 
 def attach_gradient(logits: Tensor, loss: Tensor, grad: Tensor, class_dim: int = -1) -> Tensor:

@@ -25,19 +25,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..checks import (
+    check_choice,
+    check_not_differentiated,
+    check_number,
+    check_values,
+    reads_values,
+)
 from ..labels import (
+    REDUCTIONS,
     BackgroundIndex,
     Reduction,
-    check_choice,
     check_class_vector,
     check_logits,
     check_same_rows,
-    class_indices,
+    check_unit_interval,
     class_vector_length,
-    count_rows,
     mean_scale,
-    reads_values,
-    row_weights,
+    prepare_rows,
 )
 from ._fused import (
     BlockKernel,
@@ -57,11 +62,20 @@ from ._fused import (
 __all__ = ["equalized_focal_factors", "equalized_focal_loss", "equalized_quality_focal_loss"]
 
 
+def check_equalized_focal_options(gamma_b: float, scale: float) -> tuple[float, float]:
+    """EFL's ``γ_b > 0`` and ``s >= 0`` as floats."""
+    return (
+        check_number("gamma_b", gamma_b, low=0.0, low_open=True),
+        check_number("scale", scale, low=0.0),
+    )
+
+
 def equalized_focal_factors(
     grad_ratio: Tensor, gamma_b: float = 2.0, scale: float = 8.0
 ) -> tuple[Tensor, Tensor]:
     """Per-class ``(focusing, weighting)`` of EFL: ``γ_j = γ_b + s (1 - clamp(g_j, 0, 1))``,
     ``w_j = γ_j / γ_b``."""
+    gamma_b, scale = check_equalized_focal_options(gamma_b, scale)
     # γ_b + s (1 - g) written as (γ_b + s) - s g: fewer operations on the hot path
     focusing = (gamma_b + scale) - scale * grad_ratio.clamp(0.0, 1.0)
     return focusing, focusing / gamma_b
@@ -148,49 +162,54 @@ def _focal(
     background_index: BackgroundIndex,
     validate: bool,
 ) -> LossOutput:
-    check_choice("reduction", reduction, ("mean", "sum", "none"))
+    check_choice("reduction", reduction, REDUCTIONS)
+    if alpha is not None:
+        alpha = check_number("alpha", alpha, low=0.0, high=1.0)
     num_classes = class_vector_length("focusing", focusing)
     check_logits(logits, num_classes)
     check_class_vector("weighting", weighting, num_classes)
     dtype = compute_dtype(logits)
     rows_shape = logits.shape[:-1]
-    labels, valid = class_indices(
+    rows = prepare_rows(
         target,
         rows_shape,
         num_classes,
         allow_background=True,
         background_index=background_index,
         ignore_index=ignore_index,
+        weight=weight,
+        dtype=dtype,
         validate=validate,
     )
+    assert rows.labels is not None
+    positives = positive_columns(
+        rows.labels, num_classes, rows.weight, dtype, every_row_positive=False
+    )
+    assert positives.no_positive is not None  # not every_row_positive
+    quality = None
     if scores is not None:
         check_same_rows("score", scores, rows_shape)
         if not scores.is_floating_point():
             raise ValueError(f"score: expected floating quality targets, got {scores.dtype}")
-        if reads_values(validate) and bool(((scores < 0) | (scores > 1)).any()):
-            raise ValueError("score: expected quality targets in [0, 1], got values outside")
-    rows = row_weights(valid, weight, rows_shape, dtype)
-    positives = positive_columns(labels, num_classes, rows, dtype, every_row_positive=False)
-    # Background and ignored rows read no score; theirs may be anything, NaN included.
-    quality = None
-    if scores is not None:
-        assert positives.no_positive is not None  # not every_row_positive
-        quality = scores.reshape(-1, 1).masked_fill(positives.no_positive > 0, 0.0)
+        check_not_differentiated("score", scores)
+        # Rows without a positive (background, dropped) read no score; theirs may be
+        # anything, NaN included.
+        no_positive = positives.no_positive > 0
+        column = scores.reshape(-1, 1)
+        if reads_values(validate) and column.numel() > 0:
+            check_unit_interval("score", column, no_positive)
+        quality = column.masked_fill(no_positive, 0.0)
 
     normaliser: Tensor | float | None = None
     grad_scale: Tensor | float | None = None
     if reduction == "mean":
         if avg_factor is None:
-            # ignored rows carry the background label
-            normaliser = (labels < num_classes).sum(dtype=dtype)
+            # dropped rows carry the background label
+            normaliser = (rows.labels < num_classes).sum(dtype=dtype)
+            grad_scale = mean_scale(normaliser)
         else:
-            if isinstance(avg_factor, Tensor):
-                normaliser = avg_factor.to(device=logits.device, dtype=dtype)
-            else:
-                normaliser = float(avg_factor)
-            if reads_values(validate) and not bool(normaliser > 0):
-                raise ValueError(f"avg_factor: expected a positive number, got {avg_factor}")
-        grad_scale = mean_scale(normaliser)
+            normaliser = check_avg_factor(avg_factor, logits.device, dtype, validate)
+            grad_scale = 1.0 / normaliser
     elif avg_factor is not None:
         raise ValueError(f"avg_factor: only used with reduction='mean', got {reduction!r}")
 
@@ -210,12 +229,33 @@ def _focal(
         num_stat_columns=num_classes,
         channels_first=False,
         loss_kind="entry" if per_entry else "sum",
+        keep=rows.keep,
     )
     if grad_scale is not None:
         loss = loss * grad_scale
     loss = attach_gradient(logits, loss, grad)
-    num_samples = count_rows(valid, labels.numel(), dtype)
-    return LossOutput(loss, pos_inc, neg_inc, normaliser, num_samples)
+    return LossOutput(loss, pos_inc, neg_inc, normaliser, rows.num_kept)
+
+
+def check_avg_factor(
+    avg_factor: float | Tensor, device: torch.device, dtype: torch.dtype, validate: bool
+) -> Tensor | float:
+    """``avg_factor`` as the divisor of ``'mean'``: a finite number > 0, or a one-element
+    tensor (moved to ``device`` and ``dtype``) whose value is checked like the labels."""
+    if not isinstance(avg_factor, Tensor):
+        return check_number("avg_factor", avg_factor, low=0.0, low_open=True)
+    if avg_factor.numel() != 1:
+        raise ValueError(
+            f"avg_factor: expected a number or a one-element tensor, got shape "
+            f"{tuple(avg_factor.shape)}"
+        )
+    if avg_factor.is_complex() or avg_factor.dtype == torch.bool:
+        raise ValueError(f"avg_factor: expected a real number, got dtype {avg_factor.dtype}")
+    normaliser = avg_factor.detach().reshape(()).to(device=device, dtype=dtype)
+    if reads_values(validate):
+        positive = (normaliser > 0) & normaliser.isfinite()
+        check_values(positive, "avg_factor: expected a finite number > 0, got one that is not")
+    return normaliser
 
 
 def equalized_focal_loss(

@@ -31,14 +31,14 @@ import math
 import torch
 from torch import Tensor
 
+from ..checks import check_integer, check_number, check_tensor, check_values, reads_values
 from ..labels import (
     BackgroundIndex,
     Reduction,
+    Rows,
     check_class_vector,
     check_logits,
-    class_indices,
-    reads_values,
-    row_weights,
+    prepare_rows,
 )
 from ._fused import LossOutput, compute_dtype
 from .focal import equalized_focal_loss
@@ -63,16 +63,12 @@ MIN_COUNT = 1.0
 # ---------------------------------------------------------------------------- checks
 
 
-def _check_counts(
+def check_counts(
     class_counts: Tensor, num_classes: int | None, validate: bool, name: str = "class_counts"
 ) -> Tensor:
-    """``class_counts`` as a float64 ``(C,)`` tensor; shape always checked, values when
-    ``validate`` (not under ``torch.compile``)."""
-    if not isinstance(class_counts, Tensor):
-        raise ValueError(
-            f"{name}: expected a torch.Tensor of per-class counts, got "
-            f"{type(class_counts).__name__}"
-        )
+    """``class_counts`` as a detached float64 ``(C,)`` tensor; shape always checked,
+    values (finite, >= 0) when ``validate`` (not under ``torch.compile``)."""
+    check_tensor(name, class_counts)
     if class_counts.is_complex() or class_counts.dtype == torch.bool:
         raise ValueError(f"{name}: expected real counts, got dtype {class_counts.dtype}")
     if num_classes is None:
@@ -83,19 +79,21 @@ def _check_counts(
     else:
         check_class_vector(name, class_counts, num_classes)
     counts = class_counts.detach().to(torch.float64)
-    if reads_values(validate) and not bool((torch.isfinite(counts) & (counts >= 0)).all()):
-        raise ValueError(f"{name}: expected finite counts >= 0, got negative or non-finite")
+    if reads_values(validate):
+        check_values(
+            counts.isfinite() & (counts >= 0),
+            f"{name}: expected finite counts >= 0, got negative or non-finite",
+        )
     return counts
 
 
 def _softmax_layout(logits: Tensor) -> tuple[int, int, tuple[int, ...]]:
     """``(num_classes, class_dim, rows_shape)`` of ``(N, C)`` or ``(N, C, d1, ...)`` logits."""
-    if isinstance(logits, Tensor) and logits.dim() < 2:
+    check_tensor("logits", logits)
+    if logits.dim() < 2:
         raise ValueError(
             f"logits: expected shape (N, C) or (N, C, d1, ...), got {tuple(logits.shape)}"
         )
-    if not isinstance(logits, Tensor):
-        check_logits(logits, 0)  # raises the common "expected a torch.Tensor" error
     num_classes = logits.shape[1]
     class_dim = 1 if logits.dim() > 2 else -1
     check_logits(logits, num_classes, class_dim=class_dim)
@@ -104,27 +102,42 @@ def _softmax_layout(logits: Tensor) -> tuple[int, int, tuple[int, ...]]:
 
 def _hard_labels(
     target: Tensor,
+    logits: Tensor,
     rows_shape: tuple[int, ...],
     num_classes: int,
     ignore_index: int,
+    weight: Tensor | None,
     validate: bool,
     loss_name: str,
-) -> tuple[Tensor, Tensor | None]:
-    """Flat labels in ``[0, C)`` (0 on ignored rows) and the flat mask of rows that count
-    (``None``: all of them)."""
-    if not isinstance(target, Tensor):
-        raise ValueError(f"target: expected a torch.Tensor of labels, got {type(target).__name__}")
-    if target.is_floating_point():
+) -> Rows:
+    """The :class:`~eqlosses.labels.Rows` of integer labels in ``[0, C)``."""
+    if check_tensor("target", target).is_floating_point():
         raise ValueError(
             f"target: {loss_name} takes integer class labels, got dtype {target.dtype}"
         )
-    return class_indices(
+    return prepare_rows(
         target,
         rows_shape,
         num_classes,
         allow_background=False,
         ignore_index=ignore_index,
+        weight=weight,
+        dtype=compute_dtype(logits),
         validate=validate,
+    )
+
+
+def check_focal_options(gamma: float, alpha: float) -> tuple[float, float]:
+    """The focal loss's ``γ >= 0`` and ``α`` in ``[0, 1]`` as floats."""
+    return check_number("gamma", gamma, low=0.0), check_number("alpha", alpha, low=0.0, high=1.0)
+
+
+def check_seesaw_options(p: float, q: float, eps: float) -> tuple[float, float, float]:
+    """Seesaw's ``p >= 0``, ``q >= 0`` and ``ε`` in ``(0, 1]`` as floats."""
+    return (
+        check_number("p", p, low=0.0),
+        check_number("q", q, low=0.0),
+        check_number("eps", eps, low=0.0, high=1.0, low_open=True),
     )
 
 
@@ -187,16 +200,13 @@ def sigmoid_focal_loss(
         >>> out = sigmoid_focal_loss(logits, target)
         >>> out.loss.backward()
     """
-    if not gamma >= 0:
-        raise ValueError(f"gamma: expected a number >= 0, got {gamma!r}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
+    gamma, alpha = check_focal_options(gamma, alpha)
     if not isinstance(logits, Tensor) or logits.dim() < 1:
         check_logits(logits, 0)
     num_classes = logits.shape[-1]
     check_logits(logits, num_classes)
     dtype = compute_dtype(logits)
-    focusing = torch.full((num_classes,), float(gamma), dtype=dtype, device=logits.device)
+    focusing = torch.full((num_classes,), gamma, dtype=dtype, device=logits.device)
     weighting = torch.ones(num_classes, dtype=dtype, device=logits.device)
     return equalized_focal_loss(
         logits,
@@ -230,9 +240,8 @@ def balanced_softmax_adjustment(
         >>> balanced_softmax_adjustment(torch.tensor([8, 2, 0]))
         tensor([-0.3185, -1.7047, -2.3979], dtype=torch.float64)
     """
-    if not (math.isfinite(tau) and tau >= 0):
-        raise ValueError(f"tau: expected a finite number >= 0, got {tau!r}")
-    counts = _check_counts(class_counts, None, validate).clamp_min(MIN_COUNT)
+    tau = check_number("tau", tau, low=0.0)
+    counts = check_counts(class_counts, None, validate).clamp_min(MIN_COUNT)
     return tau * (counts.log() - counts.sum().log())
 
 
@@ -286,7 +295,7 @@ def balanced_softmax(
         >>> out.loss.backward()
     """
     num_classes, _, _ = _softmax_layout(logits)
-    _check_counts(class_counts, num_classes, validate=False)  # shape first, values below
+    check_counts(class_counts, num_classes, validate=False)  # shape first, values below
     adjustment = balanced_softmax_adjustment(class_counts, tau, validate=validate)
     return cross_entropy_blocks(
         logits,
@@ -331,9 +340,8 @@ def class_balanced_weights(
         >>> class_balanced_weights(torch.tensor([1000, 100, 10]), beta=0.999)
         tensor([0.0422, 0.2800, 2.6778], dtype=torch.float64)
     """
-    if not 0.0 <= beta < 1.0:
-        raise ValueError(f"beta: expected a number in [0, 1), got {beta!r}")
-    counts = _check_counts(class_counts, None, validate).clamp_min(MIN_COUNT)
+    beta = check_number("beta", beta, low=0.0, high=1.0, high_open=True)
+    counts = check_counts(class_counts, None, validate).clamp_min(MIN_COUNT)
     if beta == 0.0:
         raw = torch.ones_like(counts)
     else:
@@ -386,17 +394,50 @@ def class_balanced_cross_entropy(
         ... )
         >>> out.loss.backward()
     """
-    num_classes, _, rows_shape = _softmax_layout(logits)
-    _check_counts(class_counts, num_classes, validate=False)  # shape first, values below
+    num_classes, _, _ = _softmax_layout(logits)
+    check_counts(class_counts, num_classes, validate=False)  # shape first, values below
     class_weight = class_balanced_weights(class_counts, beta, validate=validate)
-    labels, valid = _hard_labels(
-        target, rows_shape, num_classes, ignore_index, validate, "class_balanced_cross_entropy"
+    return weighted_cross_entropy(
+        logits,
+        target,
+        class_weight,
+        weight=weight,
+        reduction=reduction,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        validate=validate,
     )
+
+
+def weighted_cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    class_weight: Tensor,
+    *,
+    weight: Tensor | None,
+    reduction: Reduction,
+    ignore_index: int,
+    label_smoothing: float,
+    validate: bool,
+) -> LossOutput:
+    """Cross-entropy whose samples weigh ``class_weight[y_i]`` (times ``weight``), divided
+    by the number of samples for ``'mean'``: the class-balanced loss for given weights."""
+    num_classes, _, rows_shape = _softmax_layout(logits)
+    rows = _hard_labels(
+        target,
+        logits,
+        rows_shape,
+        num_classes,
+        ignore_index,
+        weight,
+        validate,
+        "class_balanced_cross_entropy",
+    )
+    assert rows.labels is not None
     dtype = compute_dtype(logits)
-    rows = row_weights(valid, weight, rows_shape, dtype)
-    sample_weight = class_weight.to(device=logits.device, dtype=dtype)[labels]
-    if rows is not None:
-        sample_weight = sample_weight * rows
+    sample_weight = class_weight.to(device=logits.device, dtype=dtype)[rows.labels]
+    if rows.weight is not None:
+        sample_weight = sample_weight * rows.weight
     return cross_entropy_blocks(
         logits,
         target,
@@ -472,15 +513,43 @@ def seesaw_loss(
         >>> out = seesaw_loss(logits, torch.tensor([0, 2, 1, 0]), torch.tensor([90, 9, 1]))
         >>> out.loss.backward()
     """
-    if not (math.isfinite(p) and p >= 0):
-        raise ValueError(f"p: expected a finite number >= 0, got {p!r}")
-    if not (math.isfinite(q) and q >= 0):
-        raise ValueError(f"q: expected a finite number >= 0, got {q!r}")
-    if not 0.0 < eps <= 1.0:
-        raise ValueError(f"eps: expected a number in (0, 1], got {eps!r}")
+    p, q, eps = check_seesaw_options(p, q, eps)
+    num_classes, _, _ = _softmax_layout(logits)
+    counts = check_counts(class_counts, num_classes, validate)
+    return seesaw_cross_entropy(
+        logits,
+        target,
+        counts,
+        p=p,
+        q=q,
+        eps=eps,
+        weight=weight,
+        reduction=reduction,
+        ignore_index=ignore_index,
+        validate=validate,
+    )
+
+
+def seesaw_cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    counts: Tensor,
+    *,
+    p: float,
+    q: float,
+    eps: float,
+    weight: Tensor | None,
+    reduction: Reduction,
+    ignore_index: int,
+    validate: bool,
+) -> LossOutput:
+    """:func:`seesaw_loss` for counts and options already checked (float64 ``counts``)."""
     num_classes, _, rows_shape = _softmax_layout(logits)
-    counts = _check_counts(class_counts, num_classes, validate)
-    labels, _ = _hard_labels(target, rows_shape, num_classes, ignore_index, validate, "seesaw_loss")
+    rows = _hard_labels(
+        target, logits, rows_shape, num_classes, ignore_index, weight, validate, "seesaw_loss"
+    )
+    assert rows.labels is not None
+    labels = rows.labels
     dtype = compute_dtype(logits)
     log_counts = counts.clamp_min(MIN_COUNT).log().to(device=logits.device, dtype=dtype)
     log_eps = math.log(eps)
@@ -520,17 +589,13 @@ def seesaw_loss(
 # ------------------------------------------------------------------------ federated
 
 
-def check_federated_options(num_sample_classes: int, freq_exponent: float) -> None:
-    """Raise unless ``num_sample_classes`` is an integer >= 1 and ``freq_exponent`` a
-    finite number >= 0."""
-    if isinstance(num_sample_classes, bool) or not isinstance(num_sample_classes, int):
-        raise ValueError(
-            f"num_sample_classes: expected an integer >= 1, got {num_sample_classes!r}"
-        )
-    if num_sample_classes < 1:
-        raise ValueError(f"num_sample_classes: expected an integer >= 1, got {num_sample_classes}")
-    if not (math.isfinite(freq_exponent) and freq_exponent >= 0):
-        raise ValueError(f"freq_exponent: expected a finite number >= 0, got {freq_exponent!r}")
+def check_federated_options(num_sample_classes: int, freq_exponent: float) -> tuple[int, float]:
+    """``num_sample_classes`` (an integer >= 1) and ``freq_exponent`` (a finite number
+    >= 0), checked."""
+    return (
+        check_integer("num_sample_classes", num_sample_classes, minimum=1),
+        check_number("freq_exponent", freq_exponent, low=0.0),
+    )
 
 
 def federated_classes(
@@ -551,13 +616,18 @@ def federated_classes(
     containing class ``j``; 0.5 in CenterNet2). A class with ``n_j = 0`` is never drawn.
     With ``num_sample_classes >= C`` every class is in.
 
+    The draw is the exponential race (the classes with the largest ``n_j^e / E_j``,
+    ``E_j ~ Exp(1)``, the sampling :func:`torch.multinomial` does without replacement),
+    taken every call, so no value is read on the host.
+
     Args:
         target: integer labels in ``[0, C]`` (``C`` = background) or ``ignore_index``.
         image_counts: ``(C,)`` training images per class.
         num_sample_classes: the total number of classes to reach (50 in CenterNet2).
         freq_exponent: the exponent of the sampling weights (0.5).
         generator: the random source of the draw (on the device of ``image_counts``).
-        ignore_index, validate: as usual.
+        ignore_index: label of rows to drop.
+        validate: check label and count values.
 
     Example:
         >>> mask = federated_classes(torch.tensor([0, 4, 4]), torch.tensor([9, 4, 1, 1]), 2,
@@ -565,35 +635,39 @@ def federated_classes(
         >>> bool(mask[0]), int(mask.sum())
         (True, 2)
     """
-    check_federated_options(num_sample_classes, freq_exponent)
-    counts = _check_counts(image_counts, None, validate, "image_counts")
-    num_classes = counts.numel()
-    if not isinstance(target, Tensor):
-        raise ValueError(f"target: expected a torch.Tensor of labels, got {type(target).__name__}")
-    labels, valid = class_indices(
-        target,
+    num_sample_classes, freq_exponent = check_federated_options(num_sample_classes, freq_exponent)
+    counts = check_counts(image_counts, None, validate, "image_counts")
+    rows = prepare_rows(
+        check_tensor("target", target),
         target.shape,
-        num_classes,
+        counts.numel(),
         allow_background=True,
         ignore_index=ignore_index,
         validate=validate,
     )
-    chosen = torch.zeros(num_classes + 1, dtype=torch.bool, device=counts.device)
-    present = labels if valid is None else labels[valid]
-    chosen[present.to(counts.device)] = True
-    chosen = chosen[:num_classes]  # background is no class of its own here
-    missing = num_sample_classes - int(chosen.sum())
-    if missing > 0:
-        # n^0 would be 1 for an absent class too: such a class is never drawn
-        prob = torch.where(counts > 0, counts.pow(freq_exponent), torch.zeros_like(counts))
-        prob = prob.masked_fill(chosen, 0.0)
-        available = int((prob > 0).sum())
-        if available > 0:
-            drawn = torch.multinomial(
-                prob, min(missing, available), replacement=False, generator=generator
-            )
-            chosen[drawn] = True
-    return chosen
+    assert rows.labels is not None
+    return _draw_classes(rows.labels, counts, num_sample_classes, freq_exponent, generator)
+
+
+def _draw_classes(
+    labels: Tensor,
+    counts: Tensor,
+    num_sample_classes: int,
+    freq_exponent: float,
+    generator: torch.Generator | None,
+) -> Tensor:
+    num_classes = counts.numel()
+    # background (label C) lands in a spare last entry, dropped: it is no class here
+    present = torch.zeros(num_classes + 1, dtype=torch.bool, device=counts.device)
+    present = present.scatter_(0, labels.to(counts.device), True)[:num_classes]
+    # n^0 would be 1 for an absent class too: such a class is never drawn
+    sampling = torch.where(counts > 0, counts.pow(freq_exponent), 0.0).masked_fill(present, 0.0)
+    noise = torch.empty_like(sampling).exponential_(generator=generator)
+    keys = (sampling / noise).masked_fill(present, math.inf)
+    top = keys.topk(min(num_sample_classes, num_classes)).indices
+    # a key of 0 (never drawn) can be among the top only when too few classes can be
+    drawn = torch.zeros_like(present).scatter_(0, top, keys.gather(0, top) > 0)
+    return drawn | present
 
 
 def federated_loss(
@@ -649,18 +723,50 @@ def federated_loss(
         >>> logits.grad[:, -1].abs().sum().item()  # the background column takes no gradient
         0.0
     """
-    counts = _check_counts(image_counts, None, False, "image_counts")  # values: below
-    num_classes = counts.numel()
-    check_logits(logits, num_classes + 1)
-    chosen = federated_classes(
+    num_sample_classes, freq_exponent = check_federated_options(num_sample_classes, freq_exponent)
+    counts = check_counts(image_counts, None, validate, "image_counts")
+    return sampled_binary_cross_entropy(
+        logits,
         target,
-        image_counts,
-        num_sample_classes,
+        counts,
+        num_sample_classes=num_sample_classes,
         freq_exponent=freq_exponent,
         generator=generator,
+        weight=weight,
+        reduction=reduction,
         ignore_index=ignore_index,
         validate=validate,
     )
+
+
+def sampled_binary_cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    counts: Tensor,
+    *,
+    num_sample_classes: int,
+    freq_exponent: float,
+    generator: torch.Generator | None,
+    weight: Tensor | None,
+    reduction: Reduction,
+    ignore_index: int,
+    validate: bool,
+) -> LossOutput:
+    """:func:`federated_loss` for counts and options already checked (float64 ``counts``)."""
+    num_classes = counts.numel()
+    check_logits(logits, num_classes + 1)
+    rows = prepare_rows(
+        check_tensor("target", target),
+        logits.shape[:-1],
+        num_classes,
+        allow_background=True,
+        ignore_index=ignore_index,
+        weight=weight,
+        dtype=compute_dtype(logits),
+        validate=validate,
+    )
+    assert rows.labels is not None
+    chosen = _draw_classes(rows.labels, counts, num_sample_classes, freq_exponent, generator)
     mask = chosen.to(device=logits.device, dtype=compute_dtype(logits))
     return sigmoid_eql(
         logits[..., :num_classes],

@@ -21,18 +21,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..checks import (
+    check_choice,
+    check_not_differentiated,
+    check_number,
+    check_tensor,
+    reads_values,
+)
 from ..labels import (
+    REDUCTIONS,
     BackgroundIndex,
     Reduction,
-    check_choice,
     check_class_vector,
     check_logits,
-    class_indices,
+    check_unit_interval,
     class_vector_length,
-    count_rows,
     mean_scale,
-    reads_values,
-    row_weights,
+    prepare_rows,
+    weighted_rows,
 )
 from ._fused import (
     BlockKernel,
@@ -52,6 +58,15 @@ from ._fused import (
 __all__ = ["eql_sigmoid", "sigmoid_eql", "sigmoid_eql_factors"]
 
 
+def check_sigmoid_eql_options(gamma: float, mu: float, alpha: float) -> tuple[float, float, float]:
+    """Sigmoid-EQL's mapping options as floats: ``γ > 0``, ``μ`` finite, ``α >= 0``."""
+    return (
+        check_number("gamma", gamma, low=0.0, low_open=True),
+        check_number("mu", mu),
+        check_number("alpha", alpha, low=0.0),
+    )
+
+
 def sigmoid_eql_factors(
     grad_ratio: Tensor, gamma: float = 12.0, mu: float = 0.8, alpha: float = 4.0
 ) -> tuple[Tensor, Tensor]:
@@ -59,6 +74,7 @@ def sigmoid_eql_factors(
 
     ``neg_weight = 1 / (1 + exp(-gamma (g - mu)))``, ``pos_weight = 1 + alpha (1 - neg_weight)``.
     """
+    gamma, mu, alpha = check_sigmoid_eql_options(gamma, mu, alpha)
     neg_weight = torch.sigmoid(gamma * (grad_ratio - mu))
     pos_weight = (1.0 + alpha) - alpha * neg_weight
     return pos_weight, neg_weight
@@ -158,9 +174,10 @@ def _weighted_bce(
     background_index: BackgroundIndex,
     validate: bool,
 ) -> LossOutput:
-    check_choice("reduction", reduction, ("mean", "sum", "none"))
+    check_choice("reduction", reduction, REDUCTIONS)
     num_columns = num_classes + 1 if objectness else num_classes
     check_logits(logits, num_columns)
+    check_tensor("target", target)
     dtype = compute_dtype(logits)
     rows_shape = logits.shape[:-1]
     # None: weight 1 for every class (EQL v1), and no soft targets or objectness
@@ -184,36 +201,44 @@ def _weighted_bce(
                 f"target: expected float targets of shape {(*rows_shape, num_classes)}, got "
                 f"{tuple(target.shape)}"
             )
-        if reads_values(validate) and bool(((target < 0) | (target > 1)).any()):
-            raise ValueError("target: expected float targets in [0, 1], got values outside")
+        check_not_differentiated("target", target)
+        rows = weighted_rows(weight, rows_shape, dtype, validate)
         soft = target.reshape(-1, num_classes).to(dtype)
+        if reads_values(validate) and soft.numel() > 0:
+            dropped = None if rows.keep is None else ~rows.keep.unsqueeze(1)
+            check_unit_interval("target", soft, dropped)
+        if rows.keep is not None:
+            soft = torch.where(rows.keep.unsqueeze(1), soft, 0.0)
         if objectness:
             background = (soft.sum(1, keepdim=True) == 0).to(dtype)
             soft = torch.cat([soft, background], dim=1)
-        rows = row_weights(None, weight, rows_shape, dtype)
-        count = count_rows(None, soft.shape[0], dtype)
-        grad_scale = mean_scale(count) if reduction == "mean" else None
+        grad_scale = mean_scale(rows.num_kept) if reduction == "mean" else None
         assert pos_w is not None and neg_w is not None  # EQL v1 takes integer labels only
-        kernel = _soft_kernel(soft, rows, pos_w, neg_w, grad_scale, per_entry)
+        kernel = _soft_kernel(soft, rows.weight, pos_w, neg_w, grad_scale, per_entry)
     else:
-        labels, valid = class_indices(
+        rows = prepare_rows(
             target,
             rows_shape,
             num_classes,
             allow_background=True,
             background_index=background_index,
             ignore_index=ignore_index,
+            weight=weight,
+            dtype=dtype,
             validate=validate,
         )
-        rows = row_weights(valid, weight, rows_shape, dtype)
-        count = count_rows(valid, labels.numel(), dtype)
-        grad_scale = mean_scale(count) if reduction == "mean" else None
+        assert rows.labels is not None
+        grad_scale = mean_scale(rows.num_kept) if reduction == "mean" else None
         # Label C is a positive in the background column with objectness; without
         # that column a background row has no positive entry. Unchecked labels may lie
         # beyond the columns: they are rows without a positive.
         checked = objectness and reads_values(validate)
-        positives = positive_columns(labels, num_columns, rows, dtype, every_row_positive=checked)
-        foreground = None if drop is None else (labels < num_classes).to(dtype).unsqueeze(1)
+        positives = positive_columns(
+            rows.labels, num_columns, rows.weight, dtype, every_row_positive=checked
+        )
+        foreground = (
+            None if drop is None else (rows.labels < num_classes).to(dtype).unsqueeze(1)
+        )
         kernel = _index_kernel(positives, pos_w, neg_w, foreground, drop, grad_scale, per_entry)
     loss, grad, pos_inc, neg_inc = run_blocks(
         logits,
@@ -221,13 +246,14 @@ def _weighted_bce(
         num_stat_columns=num_columns,
         channels_first=False,
         loss_kind="entry" if per_entry else "sum",
+        keep=rows.keep,
     )
     if grad_scale is not None:
         loss = loss * grad_scale
     loss = attach_gradient(logits, loss, grad)
     if objectness:
         pos_inc, neg_inc = pos_inc[:num_classes], neg_inc[:num_classes]
-    return LossOutput(loss, pos_inc, neg_inc, None, count)
+    return LossOutput(loss, pos_inc, neg_inc, None, rows.num_kept)
 
 
 def sigmoid_eql(
@@ -332,8 +358,8 @@ def eql_sigmoid(
         >>> out.loss.backward()
     """
     num_classes = class_vector_length("rare", rare)
-    if target.is_floating_point():
-        raise ValueError("target: EQL v1 takes integer labels, got float targets")
+    if check_tensor("target", target).is_floating_point():
+        raise ValueError(f"target: EQL v1 takes integer labels, got dtype {target.dtype}")
     return _weighted_bce(
         logits,
         target,

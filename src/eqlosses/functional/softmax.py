@@ -11,24 +11,29 @@ EQL v1's softmax form replaces ``e^{z_k}`` in the denominator by ``w̃_k e^{z_k}
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from ..labels import (
-    Reduction,
+from ..checks import (
     check_choice,
+    check_not_differentiated,
+    check_number,
+    check_tensor,
+    check_values,
+    reads_values,
+)
+from ..labels import (
+    REDUCTIONS,
+    Reduction,
     check_logits,
     check_same_rows,
-    class_indices,
     class_vector_length,
-    count_rows,
     mean_scale,
-    reads_values,
-    row_weights,
+    prepare_rows,
+    weighted_rows,
 )
 from ._fused import (
     BlockKernel,
@@ -53,6 +58,12 @@ SOFTMAX_BLOCK_ELEMENTS = 1 << 20
 EntryAdjustment = Callable[[Tensor, slice], Tensor]
 
 
+def check_softmax_eql_options(tau: float, eps: float, form: str) -> tuple[float, float]:
+    """Softmax-EQL's ``τ >= 0`` and ``ε > 0`` as floats, and its ``form``."""
+    check_choice("form", form, ("canonical", "prior"))
+    return check_number("tau", tau, low=0.0), check_number("eps", eps, low=0.0, low_open=True)
+
+
 def softmax_eql_adjustment(
     indicator: Tensor, tau: float = 1.0, eps: float = 1e-4, form: SoftmaxEQLForm = "canonical"
 ) -> Tensor:
@@ -62,7 +73,7 @@ def softmax_eql_adjustment(
     ``log((I_j / Σ_k I_k)^τ + 1e-9)``, zero while ``I`` is all zero. The two differ where
     ``I_j`` is tiny; see the README.
     """
-    check_choice("form", form, ("canonical", "prior"))
+    tau, eps = check_softmax_eql_options(tau, eps, form)
     if form == "canonical":
         log_indicator = torch.log(indicator.clamp_min(eps))
         return log_indicator if tau == 1.0 else tau * log_indicator
@@ -195,15 +206,14 @@ def cross_entropy_blocks(
     ``entry_adjustment`` (per sample and class, e.g. EQL's dropped entries or Seesaw's
     ``log S``); both are constants for autograd. Statistics as :func:`softmax_eql`.
     """
-    check_choice("reduction", reduction, ("mean", "sum", "none"))
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing: expected a number in [0, 1], got {label_smoothing}")
-    class_dim = 1 if logits.dim() > 2 else -1
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
+    class_dim = 1 if isinstance(logits, Tensor) and logits.dim() > 2 else -1
     check_logits(logits, num_classes, class_dim=class_dim)
+    check_tensor("target", target)
     dtype = compute_dtype(logits)
     rows_shape = (logits.shape[0], *logits.shape[2:]) if class_dim == 1 else logits.shape[:-1]
 
-    labels: Tensor | None = None
     soft: Tensor | None = None
     if target.is_floating_point():
         if logits.dim() != 2 or target.shape != logits.shape:
@@ -211,28 +221,36 @@ def cross_entropy_blocks(
                 f"target: expected soft targets of shape {tuple(logits.shape)} for (N, C) "
                 f"logits, got {tuple(target.shape)}"
             )
-        if reads_values(validate) and bool((target < 0).any()):
-            raise ValueError("target: expected non-negative soft targets, got negative values")
+        check_not_differentiated("target", target)
+        rows = weighted_rows(weight, rows_shape, dtype, validate)
         soft = target
-        valid = None
+        if reads_values(validate) and soft.numel() > 0:
+            # NaN fails too; rows that do not count may hold anything
+            negative = ~(soft >= 0)
+            if rows.keep is not None:
+                negative = negative & rows.keep.unsqueeze(1)
+            check_values(
+                ~negative, "target: expected non-negative soft targets, got negative (or NaN)"
+            )
+        if rows.keep is not None:
+            soft = torch.where(rows.keep.unsqueeze(1), soft, 0.0)
     else:
-        labels, valid = class_indices(
+        rows = prepare_rows(
             target,
             rows_shape,
             num_classes,
             allow_background=False,
             ignore_index=ignore_index,
+            weight=weight,
+            dtype=dtype,
             validate=validate,
         )
-    num_rows = math.prod(rows_shape)
-    count = count_rows(valid, num_rows, dtype)
-    rows = row_weights(valid, weight, rows_shape, dtype)
-    grad_scale = mean_scale(count) if reduction == "mean" else None
+    grad_scale = mean_scale(rows.num_kept) if reduction == "mean" else None
     per_row = reduction == "none"
     kernel = _softmax_kernel(
-        None if labels is None else labels.unsqueeze(1),
+        None if rows.labels is None else rows.labels.unsqueeze(1),
         soft,
-        None if rows is None else rows.unsqueeze(1),
+        None if rows.weight is None else rows.weight.unsqueeze(1),
         None if adjustment is None else adjustment.to(dtype),
         entry_adjustment,
         label_smoothing,
@@ -245,11 +263,13 @@ def cross_entropy_blocks(
         num_stat_columns=num_classes,
         channels_first=class_dim == 1,
         loss_kind="row" if per_row else "sum",
+        keep=rows.keep,
         block_elements=SOFTMAX_BLOCK_ELEMENTS,
     )
     if grad_scale is not None:
         loss = loss * grad_scale
     loss = attach_gradient(logits, loss, grad, class_dim=1)
+    count = rows.num_kept
     return LossOutput(loss, pos_inc, neg_inc, count if reduction == "mean" else None, count)
 
 
@@ -346,20 +366,23 @@ def eql_softmax(
         >>> out = eql_softmax(logits, torch.tensor([0, 2, 1, 0]), torch.tensor([0, 1, 1]), 0.9)
         >>> out.loss.backward()
     """
+    check_logits(logits, class_vector_length("rare", rare))
     if logits.dim() != 2:
         raise ValueError(f"logits: expected shape (N, C), got {tuple(logits.shape)}")
-    if not 0.0 <= drop_prob <= 1.0:
-        raise ValueError(f"drop_prob: expected a probability in [0, 1], got {drop_prob}")
-    num_classes = class_vector_length("rare", rare)
-    check_logits(logits, num_classes)
+    check_number("drop_prob", drop_prob, low=0.0, high=1.0)
+    num_classes = rare.shape[0]
     check_same_rows("target", target, logits.shape[:1])
     if target.is_floating_point():
         raise ValueError(f"target: EQL v1 takes integer labels, got dtype {target.dtype}")
     draw = torch.rand(logits.shape, generator=generator, device=logits.device) < drop_prob
-    is_target = torch.zeros_like(draw)
-    in_range = (target >= 0) & (target < num_classes)
-    rows = torch.nonzero(in_range).squeeze(1)
-    is_target[rows, target[rows].long()] = True
+    # the target entry of each row is never dropped; an ignored or out-of-range label
+    # marks no entry (it lands in a spare last column)
+    labels = target.long()
+    in_range = (labels >= 0) & (labels < num_classes)
+    target_column = torch.where(in_range, labels, num_classes).unsqueeze(1)
+    is_target = torch.zeros(
+        logits.shape[0], num_classes + 1, dtype=torch.bool, device=logits.device
+    ).scatter_(1, target_column, True)[:, :num_classes]
     dropped = draw & rare.to(device=logits.device, dtype=torch.bool) & ~is_target
     return cross_entropy_blocks(
         logits,

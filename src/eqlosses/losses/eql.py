@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ..checks import check_choice, check_integer, check_number
 from ..functional.sigmoid import eql_sigmoid
 from ..functional.softmax import eql_softmax
-from ..labels import (
-    BACKGROUND_INDICES,
-    BackgroundIndex,
-    Reduction,
-    check_choice,
-    check_logits,
-)
-from ._base import StatisticsLoss
+from ..labels import BACKGROUND_INDICES, BackgroundIndex, Reduction, check_logits
+from ._base import DeviceGenerators, StatisticsLoss, counts_tensor
 
 Activation = Literal["sigmoid", "softmax"]
 
@@ -82,15 +77,13 @@ class EQL(StatisticsLoss):
         process_group: dist.ProcessGroup | None = None,
         validate: bool = True,
     ) -> None:
-        counts = torch.as_tensor(image_counts, dtype=torch.float64)
-        if counts.dim() != 1 or counts.numel() == 0:
+        counts = counts_tensor(image_counts, "image_counts")
+        num_images = check_integer("num_images", num_images, minimum=1)
+        if bool((counts > num_images).any()):
             raise ValueError(
-                f"image_counts: expected a non-empty 1-D sequence, got shape {tuple(counts.shape)}"
+                f"image_counts: expected counts in [0, num_images={num_images}], got "
+                f"{counts.max().item():g}"
             )
-        if num_images <= 0:
-            raise ValueError(f"num_images: expected a positive integer, got {num_images}")
-        if bool((counts < 0).any()) or bool((counts > num_images).any()):
-            raise ValueError(f"image_counts: expected counts in [0, num_images={num_images}]")
         check_choice("activation", activation, ("sigmoid", "softmax"))
         check_choice("background_index", background_index, BACKGROUND_INDICES)
         if activation == "softmax" and drop_prob is None:
@@ -100,17 +93,19 @@ class EQL(StatisticsLoss):
             initial_ratio=1.0,
             reduction=reduction,
             loss_weight=loss_weight,
+            ignore_index=ignore_index,
             update_statistics=update_statistics,
             process_group=process_group,
             validate=validate,
         )
-        self.threshold = threshold
+        self.threshold = check_number("threshold", threshold, low=0.0)
         self.activation: Activation = activation
-        self.drop_prob = drop_prob
-        self.generator = generator
-        self.ignore_index = ignore_index
+        self.drop_prob = (
+            None if drop_prob is None else check_number("drop_prob", drop_prob, low=0.0, high=1.0)
+        )
+        self.generators = DeviceGenerators(generator)
         self.background_index: BackgroundIndex = background_index
-        self.register_buffer("rare", counts / num_images < threshold)
+        self.register_buffer("rare", counts / num_images < self.threshold)
 
     def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
         if self.activation == "sigmoid":
@@ -131,13 +126,20 @@ class EQL(StatisticsLoss):
                 target,
                 self.rare,
                 self.drop_prob,
-                generator=self.generator,
+                generator=self.generators.on(logits.device),
                 weight=weight,
                 reduction=self.reduction,
                 ignore_index=self.ignore_index,
                 validate=self.validate,
             )
         return self._finish(output)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The random state of the softmax form's draws (see :class:`DeviceGenerators`)."""
+        return {"generators": self.generators.state()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.generators.load(state["generators"])
 
     @torch.no_grad()
     def predict(self, logits: Tensor) -> Tensor:

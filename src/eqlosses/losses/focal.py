@@ -6,12 +6,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ..checks import check_choice, check_number
 from ..functional.focal import (
+    check_equalized_focal_options,
     equalized_focal_factors,
     equalized_focal_loss,
     equalized_quality_focal_loss,
 )
-from ..labels import BACKGROUND_INDICES, BackgroundIndex, Reduction, check_choice, check_logits
+from ..labels import BACKGROUND_INDICES, BackgroundIndex, Reduction, check_logits
 from ._base import StatisticsLoss
 
 
@@ -35,18 +37,13 @@ class _EqualizedFocalBase(StatisticsLoss):
             initial_ratio=1.0,
             reduction=reduction,
             loss_weight=loss_weight,
+            ignore_index=ignore_index,
             update_statistics=update_statistics,
             process_group=process_group,
             validate=validate,
         )
         check_choice("background_index", background_index, BACKGROUND_INDICES)
-        if gamma_b <= 0:
-            raise ValueError(f"gamma_b: expected a number > 0, got {gamma_b}")
-        if scale < 0:
-            raise ValueError(f"scale: expected a number >= 0, got {scale}")
-        self.gamma_b = gamma_b
-        self.scale = scale
-        self.ignore_index = ignore_index
+        self.gamma_b, self.scale = check_equalized_focal_options(gamma_b, scale)
         self.background_index: BackgroundIndex = background_index
 
     def factors(self) -> tuple[Tensor, Tensor]:
@@ -122,9 +119,7 @@ class EqualizedFocalLoss(_EqualizedFocalBase):
             process_group=process_group,
             validate=validate,
         )
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha: expected a number in [0, 1], got {alpha}")
-        self.alpha = alpha
+        self.alpha = check_number("alpha", alpha, low=0.0, high=1.0)
 
     def forward(
         self,
@@ -147,7 +142,13 @@ class EqualizedFocalLoss(_EqualizedFocalBase):
             background_index=self.background_index,
             validate=self.validate,
         )
-        return self._finish(output)
+        return self._finish(output, normaliser_floor=_floor(avg_factor))
+
+
+def _floor(avg_factor: float | Tensor | None) -> float:
+    # a count of positives may be 0 on every rank (the loss then divides by 1); an
+    # explicit avg_factor is the divisor itself
+    return 1.0 if avg_factor is None else 0.0
 
 
 class EqualizedQualityFocalLoss(_EqualizedFocalBase):
@@ -186,9 +187,8 @@ class EqualizedQualityFocalLoss(_EqualizedFocalBase):
         process_group: dist.ProcessGroup | None = None,
         validate: bool = True,
     ) -> None:
-        if gamma_b < 1:
-            # |t - σ|^(γ - 1) in the gradient is unbounded at t = σ for γ < 1
-            raise ValueError(f"gamma_b: expected a number >= 1 for EQFL, got {gamma_b}")
+        # |t - σ|^(γ - 1) in the gradient is unbounded at t = σ for γ < 1
+        check_number("gamma_b", gamma_b, low=1.0)
         super().__init__(
             num_classes,
             gamma_b,
@@ -224,4 +224,4 @@ class EqualizedQualityFocalLoss(_EqualizedFocalBase):
             background_index=self.background_index,
             validate=self.validate,
         )
-        return self._finish(output)
+        return self._finish(output, normaliser_floor=_floor(avg_factor))

@@ -10,94 +10,37 @@ stay float64 under ``.half()``, ``.double()`` or ``.to(torch.bfloat16)`` of a pa
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 
+from ..checks import check_choice, check_flag, check_number
 from ..functional.peers import (
     _hard_labels,
     _softmax_layout,
-    balanced_softmax,
+    balanced_softmax_adjustment,
     check_federated_options,
-    class_balanced_cross_entropy,
+    check_focal_options,
+    check_seesaw_options,
     class_balanced_weights,
-    federated_loss,
-    seesaw_loss,
+    sampled_binary_cross_entropy,
+    seesaw_cross_entropy,
     sigmoid_focal_loss,
+    weighted_cross_entropy,
 )
-from ..labels import (
-    BACKGROUND_INDICES,
-    REDUCTIONS,
-    BackgroundIndex,
-    Reduction,
-    check_choice,
-    check_logits,
-)
-from ..stats import ClassCounts, keep_float64
+from ..functional.softmax import softmax_eql
+from ..labels import BACKGROUND_INDICES, BackgroundIndex, Reduction, check_logits
+from ..stats import ClassCounts
+from ._base import DeviceGenerators, LossModule, counts_tensor
 
 __all__ = ["BalancedSoftmax", "ClassBalancedLoss", "FederatedLoss", "FocalLoss", "SeesawLoss"]
 
 
-def _counts_tensor(class_counts: Sequence[int] | Tensor, name: str = "class_counts") -> Tensor:
-    """Training counts as a float64 ``(C,)`` tensor, checked once at construction."""
-    if isinstance(class_counts, Tensor):
-        counts = class_counts.detach().to(torch.float64)
-    else:
-        try:
-            counts = torch.as_tensor(list(class_counts), dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise ValueError(
-                f"{name}: expected a sequence of per-class counts, got {class_counts!r}"
-            ) from error
-    if counts.dim() != 1 or counts.numel() == 0:
-        raise ValueError(
-            f"{name}: expected a non-empty 1-D sequence, got shape {tuple(counts.shape)}"
-        )
-    if not bool((torch.isfinite(counts) & (counts >= 0)).all()):
-        raise ValueError(f"{name}: expected finite counts >= 0, got negative or non-finite")
-    return counts.clone()
-
-
-class _PeerLoss(nn.Module):
-    """What the peer modules share: options, ``loss_weight`` and float64 count buffers.
-
-    The modules hold no parameters; their buffers keep their dtype under a parent's dtype
-    cast (they follow device moves).
-    """
-
-    def __init__(
-        self,
-        num_classes: int,
-        *,
-        reduction: Reduction,
-        loss_weight: float,
-        ignore_index: int,
-        validate: bool,
-    ) -> None:
-        super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes: expected a positive integer, got {num_classes}")
-        check_choice("reduction", reduction, REDUCTIONS)
-        if not math.isfinite(loss_weight):
-            raise ValueError(f"loss_weight: expected a finite number, got {loss_weight!r}")
-        self.num_classes = num_classes
-        self.reduction: Reduction = reduction
-        self.loss_weight = float(loss_weight)
-        self.ignore_index = ignore_index
-        self.validate = validate
-
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> _PeerLoss:
-        if recurse:
-            for child in self.children():
-                child._apply(fn)  # type: ignore[no-untyped-call]
-        keep_float64(self, fn)
-        return self
-
-    def _weighted(self, loss: Tensor) -> Tensor:
-        return loss if self.loss_weight == 1.0 else loss * self.loss_weight
+class _SoftmaxPeer(LossModule):
+    """The softmax peers: class scores at dim 1, scored with the plain softmax."""
 
     def _check_softmax_logits(self, logits: Tensor) -> int:
         """Raise unless ``logits`` has ``num_classes`` columns at dim 1; returns that dim."""
@@ -110,14 +53,8 @@ class _PeerLoss(nn.Module):
         """Plain softmax of the raw logits over the class dimension (dim 1)."""
         return torch.softmax(logits, dim=self._check_softmax_logits(logits))
 
-    def extra_repr(self) -> str:
-        return (
-            f"num_classes={self.num_classes}, reduction={self.reduction!r}, "
-            f"loss_weight={self.loss_weight}"
-        )
 
-
-class FocalLoss(_PeerLoss):
+class FocalLoss(LossModule):
     r"""Sigmoid focal loss (Lin et al., ICCV 2017).
 
     .. math::
@@ -169,13 +106,8 @@ class FocalLoss(_PeerLoss):
             ignore_index=ignore_index,
             validate=validate,
         )
-        if not gamma >= 0:
-            raise ValueError(f"gamma: expected a number >= 0, got {gamma!r}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
+        self.gamma, self.alpha = check_focal_options(gamma, alpha)
         check_choice("background_index", background_index, BACKGROUND_INDICES)
-        self.gamma = float(gamma)
-        self.alpha = float(alpha)
         self.background_index: BackgroundIndex = background_index
 
     def forward(
@@ -210,7 +142,7 @@ class FocalLoss(_PeerLoss):
         return f"{super().extra_repr()}, gamma={self.gamma}, alpha={self.alpha}"
 
 
-class BalancedSoftmax(_PeerLoss):
+class BalancedSoftmax(_SoftmaxPeer):
     r"""Balanced Softmax (Ren et al., NeurIPS 2020) / logit adjustment loss (Menon et al.,
     ICLR 2021).
 
@@ -257,7 +189,7 @@ class BalancedSoftmax(_PeerLoss):
         label_smoothing: float = 0.0,
         validate: bool = True,
     ) -> None:
-        counts = _counts_tensor(class_counts)
+        counts = counts_tensor(class_counts)
         super().__init__(
             counts.numel(),
             reduction=reduction,
@@ -265,21 +197,18 @@ class BalancedSoftmax(_PeerLoss):
             ignore_index=ignore_index,
             validate=validate,
         )
-        if not (math.isfinite(tau) and tau >= 0):
-            raise ValueError(f"tau: expected a finite number >= 0, got {tau!r}")
-        if not 0.0 <= label_smoothing <= 1.0:
-            raise ValueError(f"label_smoothing: expected a number in [0, 1], got {label_smoothing}")
-        self.tau = float(tau)
-        self.label_smoothing = float(label_smoothing)
+        self.tau = check_number("tau", tau, low=0.0)
+        self.label_smoothing = check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
         self.register_buffer("class_counts", counts)
 
     def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
         self._check_softmax_logits(logits)
-        output = balanced_softmax(
+        # the counts were checked when they were set
+        adjustment = balanced_softmax_adjustment(self.class_counts, self.tau, validate=False)
+        output = softmax_eql(
             logits,
             target,
-            self.class_counts,
-            tau=self.tau,
+            adjustment,
             weight=weight,
             reduction=self.reduction,
             ignore_index=self.ignore_index,
@@ -292,7 +221,7 @@ class BalancedSoftmax(_PeerLoss):
         return f"{super().extra_repr()}, tau={self.tau}"
 
 
-class ClassBalancedLoss(_PeerLoss):
+class ClassBalancedLoss(_SoftmaxPeer):
     r"""Class-balanced softmax cross-entropy (Cui et al., CVPR 2019).
 
     .. math::
@@ -337,7 +266,7 @@ class ClassBalancedLoss(_PeerLoss):
         label_smoothing: float = 0.0,
         validate: bool = True,
     ) -> None:
-        counts = _counts_tensor(class_counts)
+        counts = counts_tensor(class_counts)
         super().__init__(
             counts.numel(),
             reduction=reduction,
@@ -345,12 +274,8 @@ class ClassBalancedLoss(_PeerLoss):
             ignore_index=ignore_index,
             validate=validate,
         )
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"beta: expected a number in [0, 1), got {beta!r}")
-        if not 0.0 <= label_smoothing <= 1.0:
-            raise ValueError(f"label_smoothing: expected a number in [0, 1], got {label_smoothing}")
-        self.beta = float(beta)
-        self.label_smoothing = float(label_smoothing)
+        self.beta = check_number("beta", beta, low=0.0, high=1.0, high_open=True)
+        self.label_smoothing = check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
         self.register_buffer("class_counts", counts)
 
     @property
@@ -360,11 +285,10 @@ class ClassBalancedLoss(_PeerLoss):
 
     def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
         self._check_softmax_logits(logits)
-        output = class_balanced_cross_entropy(
+        output = weighted_cross_entropy(
             logits,
             target,
-            self.class_counts,
-            beta=self.beta,
+            self.class_weights,
             weight=weight,
             reduction=self.reduction,
             ignore_index=self.ignore_index,
@@ -377,7 +301,7 @@ class ClassBalancedLoss(_PeerLoss):
         return f"{super().extra_repr()}, beta={self.beta}"
 
 
-class SeesawLoss(_PeerLoss):
+class SeesawLoss(_SoftmaxPeer):
     r"""Seesaw loss (Wang et al., CVPR 2021) with cumulative, synchronised class counts.
 
     .. math::
@@ -445,17 +369,9 @@ class SeesawLoss(_PeerLoss):
             ignore_index=ignore_index,
             validate=validate,
         )
-        if not (math.isfinite(p) and p >= 0):
-            raise ValueError(f"p: expected a finite number >= 0, got {p!r}")
-        if not (math.isfinite(q) and q >= 0):
-            raise ValueError(f"q: expected a finite number >= 0, got {q!r}")
-        if not 0.0 < eps <= 1.0:
-            raise ValueError(f"eps: expected a number in (0, 1], got {eps!r}")
-        self.p = float(p)
-        self.q = float(q)
-        self.eps = float(eps)
-        self.update_statistics = update_statistics
-        self.statistics = ClassCounts(num_classes, process_group)
+        self.p, self.q, self.eps = check_seesaw_options(p, q, eps)
+        self.update_statistics = check_flag("update_statistics", update_statistics)
+        self.statistics = ClassCounts(self.num_classes, process_group)
 
     @property
     def class_counts(self) -> Tensor:
@@ -468,33 +384,47 @@ class SeesawLoss(_PeerLoss):
 
     def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
         self._check_softmax_logits(logits)
+        counts = self.class_counts
+        batch: Tensor | None = None
         if self.training and self.update_statistics and torch.is_grad_enabled():
-            # Check the labels before they touch the counts (and the other ranks).
+            # The labels are checked before they reach the other ranks; the counts change
+            # only once the loss exists, so a call that raises leaves them as they were.
             _, _, rows_shape = _softmax_layout(logits)
-            labels, valid = _hard_labels(
-                target, rows_shape, self.num_classes, self.ignore_index, self.validate, "SeesawLoss"
+            rows = _hard_labels(
+                target,
+                logits,
+                rows_shape,
+                self.num_classes,
+                self.ignore_index,
+                weight,
+                self.validate,
+                "SeesawLoss",
             )
-            counted = labels if valid is None else torch.where(valid, labels, -1)
-            self.statistics.update(counted)
-        output = seesaw_loss(
+            assert rows.labels is not None
+            counted = rows.labels if rows.keep is None else torch.where(rows.keep, rows.labels, -1)
+            batch = self.statistics.batch_counts(counted)
+            counts = counts + batch
+        output = seesaw_cross_entropy(
             logits,
             target,
-            self.class_counts,
+            counts,
             p=self.p,
             q=self.q,
             eps=self.eps,
             weight=weight,
             reduction=self.reduction,
             ignore_index=self.ignore_index,
-            validate=self.validate,
+            validate=self.validate and batch is None,
         )
+        if batch is not None:
+            self.statistics.add(batch)
         return self._weighted(output.loss)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, p={self.p}, q={self.q}, eps={self.eps}"
 
 
-class FederatedLoss(_PeerLoss):
+class FederatedLoss(LossModule):
     r"""Federated loss (Zhou et al., "Probabilistic two-stage detection", 2021).
 
     .. math::
@@ -544,7 +474,7 @@ class FederatedLoss(_PeerLoss):
         ignore_index: int = -100,
         validate: bool = True,
     ) -> None:
-        counts = _counts_tensor(image_counts, "image_counts")
+        counts = counts_tensor(image_counts, "image_counts")
         super().__init__(
             counts.numel(),
             reduction=reduction,
@@ -552,26 +482,33 @@ class FederatedLoss(_PeerLoss):
             ignore_index=ignore_index,
             validate=validate,
         )
-        check_federated_options(num_sample_classes, freq_exponent)
-        self.num_sample_classes = num_sample_classes
-        self.freq_exponent = float(freq_exponent)
-        self.generator = generator
+        self.num_sample_classes, self.freq_exponent = check_federated_options(
+            num_sample_classes, freq_exponent
+        )
+        self.generators = DeviceGenerators(generator)
         self.register_buffer("image_counts", counts)
 
     def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        output = federated_loss(
+        output = sampled_binary_cross_entropy(
             logits,
             target,
             self.image_counts,
             num_sample_classes=self.num_sample_classes,
             freq_exponent=self.freq_exponent,
-            generator=self.generator,
+            generator=self.generators.on(self.image_counts.device),
             weight=weight,
             reduction=self.reduction,
             ignore_index=self.ignore_index,
             validate=self.validate,
         )
         return self._weighted(output.loss)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The random state of the class draws (see :class:`DeviceGenerators`)."""
+        return {"generators": self.generators.state()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.generators.load(state["generators"])
 
     @torch.no_grad()
     def predict(self, logits: Tensor) -> Tensor:

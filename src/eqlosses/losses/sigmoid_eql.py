@@ -6,8 +6,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..functional.sigmoid import sigmoid_eql, sigmoid_eql_factors
-from ..labels import BACKGROUND_INDICES, BackgroundIndex, Reduction, check_choice, check_logits
+from ..checks import check_choice, check_flag
+from ..functional.sigmoid import check_sigmoid_eql_options, sigmoid_eql, sigmoid_eql_factors
+from ..labels import BACKGROUND_INDICES, BackgroundIndex, Reduction, check_logits
 from ._base import StatisticsLoss
 
 
@@ -77,16 +78,14 @@ class SigmoidEQL(StatisticsLoss):
             initial_ratio=100.0,
             reduction=reduction,
             loss_weight=loss_weight,
+            ignore_index=ignore_index,
             update_statistics=update_statistics,
             process_group=process_group,
             validate=validate,
         )
         check_choice("background_index", background_index, BACKGROUND_INDICES)
-        self.gamma = gamma
-        self.mu = mu
-        self.alpha = alpha
-        self.objectness = objectness
-        self.ignore_index = ignore_index
+        self.gamma, self.mu, self.alpha = check_sigmoid_eql_options(gamma, mu, alpha)
+        self.objectness = check_flag("objectness", objectness)
         self.background_index: BackgroundIndex = background_index
 
     def factors(self) -> tuple[Tensor, Tensor]:

@@ -8,8 +8,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..functional.softmax import SoftmaxEQLForm, softmax_eql, softmax_eql_adjustment
-from ..labels import Reduction, check_choice, check_logits
+from ..checks import check_choice, check_number
+from ..functional.softmax import (
+    SoftmaxEQLForm,
+    check_softmax_eql_options,
+    softmax_eql,
+    softmax_eql_adjustment,
+)
+from ..labels import Reduction, check_logits
 from ._base import StatisticsLoss
 
 Indicator = Literal["pos", "neg"]
@@ -74,20 +80,16 @@ class SoftmaxEQL(StatisticsLoss):
             initial_ratio=1.0,
             reduction=reduction,
             loss_weight=loss_weight,
+            ignore_index=ignore_index,
             update_statistics=update_statistics,
             process_group=process_group,
             validate=validate,
         )
         check_choice("indicator", indicator, ("pos", "neg"))
-        check_choice("form", form, ("canonical", "prior"))
-        if eps <= 0:
-            raise ValueError(f"eps: expected a number > 0, got {eps}")
-        self.tau = tau
-        self.eps = eps
+        self.tau, self.eps = check_softmax_eql_options(tau, eps, form)
         self.indicator: Indicator = indicator
         self.form: SoftmaxEQLForm = form
-        self.ignore_index = ignore_index
-        self.label_smoothing = label_smoothing
+        self.label_smoothing = check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
 
     def adjustment(self) -> Tensor:
         """This step's additive logit adjustment, float64 ``(C,)``."""
