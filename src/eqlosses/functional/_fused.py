@@ -318,28 +318,33 @@ class _AttachGradient(torch.autograd.Function):
         grad: Tensor,
         class_dim: int,
     ) -> Tensor:
-        ctx.save_for_backward(grad)
+        # the logits are kept only to link a derivative of the gradient back to them
+        ctx.save_for_backward(grad, logits)
         ctx.logits_dtype = logits.dtype
         ctx.class_dim = class_dim
         return loss
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, None, None, None]:
-        (grad,) = ctx.saved_tensors
+        grad, logits = ctx.saved_tensors
         upstream = grad_output if grad_output.dtype == grad.dtype else grad_output.to(grad.dtype)
         if 0 < upstream.dim() < grad.dim():
             # per-sample losses of a softmax loss: broadcast over the class dimension
             upstream = upstream.unsqueeze(ctx.class_dim)
-        with torch.no_grad():
-            # In place unless the saved gradient serves a later backward (retain_graph,
-            # gradcheck): its last use needs no second buffer.
-            result = grad * upstream if _graph_is_kept() else grad.mul_(upstream)
-            if result.dtype != ctx.logits_dtype:
-                result = result.to(ctx.logits_dtype)
         if torch.is_grad_enabled():
             # create_graph=True: the saved gradient is a constant, so a derivative through
-            # it would silently be zero; differentiating it raises instead.
-            result = _NoSecondDerivative.apply(result.detach().requires_grad_())  # type: ignore[no-untyped-call]
+            # it would silently be zero (w.r.t. the logits) or miss their part (w.r.t.
+            # grad_output); differentiating the result raises instead.
+            result = grad * upstream
+            if result.dtype != ctx.logits_dtype:
+                result = result.to(ctx.logits_dtype)
+            result = _NoSecondDerivative.apply(result, logits)  # type: ignore[no-untyped-call]
+            return result, None, None, None
+        # In place unless the saved gradient serves a later backward (retain_graph,
+        # gradcheck): its last use needs no second buffer.
+        result = grad * upstream if _graph_is_kept() else grad.mul_(upstream)
+        if result.dtype != ctx.logits_dtype:
+            result = result.to(ctx.logits_dtype)
         return result, None, None, None
 
 
@@ -354,14 +359,15 @@ def _graph_is_kept() -> bool:
 
 
 class _NoSecondDerivative(torch.autograd.Function):
-    """Identity on a precomputed gradient whose own derivative is not implemented."""
+    """Identity on a precomputed gradient, linked to the logits it is the gradient of,
+    whose own derivative (with respect to either) is not implemented."""
 
     @staticmethod
-    def forward(ctx: Any, gradient: Tensor) -> Tensor:
+    def forward(ctx: Any, gradient: Tensor, logits: Tensor) -> Tensor:
         return gradient.view_as(gradient)
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> Tensor:
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, Tensor]:
         raise RuntimeError(
             "eqlosses: second derivatives of the equalization losses are not implemented "
             "(the gradient with respect to the logits is computed in forward, as a "

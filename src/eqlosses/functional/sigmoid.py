@@ -236,9 +236,7 @@ def _weighted_bce(
         positives = positive_columns(
             rows.labels, num_columns, rows.weight, dtype, every_row_positive=checked
         )
-        foreground = (
-            None if drop is None else (rows.labels < num_classes).to(dtype).unsqueeze(1)
-        )
+        foreground = None if drop is None else (rows.labels < num_classes).to(dtype).unsqueeze(1)
         kernel = _index_kernel(positives, pos_w, neg_w, foreground, drop, grad_scale, per_entry)
     loss, grad, pos_inc, neg_inc = run_blocks(
         logits,

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..checks import check_choice, check_integer, check_number
+from ..checks import check_choice, check_integer, check_number, check_tensor
 from ..functional.sigmoid import eql_sigmoid
 from ..functional.softmax import eql_softmax
 from ..labels import BACKGROUND_INDICES, BackgroundIndex, Reduction, check_logits
@@ -126,7 +126,7 @@ class EQL(StatisticsLoss):
                 target,
                 self.rare,
                 self.drop_prob,
-                generator=self.generators.on(logits.device),
+                generator=self.generators.on(check_tensor("logits", logits).device),
                 weight=weight,
                 reduction=self.reduction,
                 ignore_index=self.ignore_index,
