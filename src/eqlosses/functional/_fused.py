@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import torch
@@ -19,6 +20,15 @@ from torch import Tensor
 # Elements per block: small enough that a few block-sized temporaries stay in cache,
 # large enough that the per-operation overhead of a block is amortised.
 BLOCK_ELEMENTS = 1 << 17
+
+# With several intra-op threads on the CPU, the blocks are cut below ATen's intra-op grain
+# (32768 elements), so that each operation runs on the thread that calls it, and the
+# blocks are shared out to that many threads of our own. Intra-op parallelism would run
+# every operation of every block across the threads, each ending on a barrier that waits
+# for the slowest thread: on a machine busy with other processes (data loaders) one
+# descheduled thread stalls them all. Threads that take whole blocks from a queue only
+# meet once, at the end.
+THREADED_BLOCK_ELEMENTS = (1 << 15) - 1
 
 
 class LossOutput(NamedTuple):
@@ -199,6 +209,7 @@ def run_blocks(
     loss_kind: str,
     keep: Tensor | None = None,
     block_elements: int = BLOCK_ELEMENTS,
+    threaded: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Run ``kernel`` over the rows of ``logits``; returns loss, gradient and increments.
 
@@ -209,8 +220,25 @@ def run_blocks(
     result has the logits' shape without the class dimension). ``keep`` (flat bool per
     row) marks the rows that count: the kernels see zeros in the others, so that their
     logits (``inf``, NaN) cannot reach the loss, the gradient or the statistics.
+    ``threaded``: the kernel may run on blocks of :data:`THREADED_BLOCK_ELEMENTS` shared out
+    to the intra-op threads (on the CPU, when there are several); the blocks' results are
+    combined in block order, so the result does not depend on which thread ran which.
     """
-    arguments = (logits, kernel, num_stat_columns, channels_first, loss_kind, keep, block_elements)
+    threads = torch.get_num_threads() if threaded and logits.device.type == "cpu" else 1
+    if threads > 1 and logits.numel() > THREADED_BLOCK_ELEMENTS:
+        block_elements = min(block_elements, THREADED_BLOCK_ELEMENTS)
+    else:
+        threads = 1
+    arguments = (
+        logits,
+        kernel,
+        num_stat_columns,
+        channels_first,
+        loss_kind,
+        keep,
+        block_elements,
+        threads,
+    )
     if torch.compiler.is_compiling():
         return _run_blocks_outside_graph(*arguments)
     # Eagerly the loop runs directly: the compiler's wrapper alone costs tens of
@@ -226,6 +254,7 @@ def _run_blocks(
     loss_kind: str,
     keep: Tensor | None,
     block_elements: int,
+    threads: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     logits = logits.detach()
     dtype = compute_dtype(logits)
@@ -268,14 +297,21 @@ def _run_blocks(
             return view
         return torch.where(block_rows(keep, rows).unsqueeze(1), view, 0.0)
 
+    def run(view_rows_out: tuple[slice, Tensor, Tensor]) -> BlockResult:
+        rows, view, out = view_rows_out
+        return kernel(block_input(view, rows), rows, out)
+
     # Channels-first blocks stay strided views (rows along memory): no transposed
     # copies; the kernels write the gradient straight into the result.
-    if torch.is_autocast_enabled(device.type):
+    if threads > 1:
+        # (autocast and grad mode are per thread: off in the pool's threads)
+        results = list(_block_pool(threads).map(_without_grad(run), views))
+    elif torch.is_autocast_enabled(device.type):
         # The kernels choose their own precision; autocast must not lower their products.
         with torch.autocast(device.type, enabled=False):
-            results = [kernel(block_input(view, rows), rows, out) for rows, view, out in views]
+            results = [run(view) for view in views]
     else:
-        results = [kernel(block_input(view, rows), rows, out) for rows, view, out in views]
+        results = [run(view) for view in views]
     pos_total = _sum_blocks([r.pos_increment for r in results])
     neg_total = _sum_blocks([r.neg_increment for r in results])
     if loss_kind == "sum":
@@ -285,6 +321,26 @@ def _run_blocks(
     else:
         loss = torch.cat([r.loss.reshape(-1) for r in results]).reshape(loss_shape)
     return loss, grad, pos_total, neg_total
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _block_pool(threads: int) -> ThreadPoolExecutor:
+    """The threads that share out blocks, one pool per thread count, made on first use."""
+    pool = _POOLS.get(threads)
+    if pool is None:
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="eqlosses-blocks")
+        _POOLS[threads] = pool
+    return pool
+
+
+def _without_grad(function: Callable[[Any], BlockResult]) -> Callable[[Any], BlockResult]:
+    def run(argument: Any) -> BlockResult:
+        with torch.no_grad():
+            return function(argument)
+
+    return run
 
 
 _OUTSIDE_GRAPH: dict[str, Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]] = {}

@@ -265,6 +265,7 @@ def cross_entropy_blocks(
         loss_kind="row" if per_row else "sum",
         keep=rows.keep,
         block_elements=SOFTMAX_BLOCK_ELEMENTS,
+        threaded=False,
     )
     if grad_scale is not None:
         loss = loss * grad_scale
