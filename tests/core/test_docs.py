@@ -1,4 +1,5 @@
-"""The README's examples and every docstring example run as shown."""
+"""The examples of the README and of the documentation pages, and every docstring
+example, run as shown."""
 
 from __future__ import annotations
 
@@ -13,18 +14,24 @@ import torch
 
 import eqlosses
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
-def _python_blocks() -> list[str]:
-    text = README.read_text()
-    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+def _python_blocks() -> list[pytest.ParameterSet]:
+    """Every Python block of the README and the documentation pages, named by place."""
+    blocks = []
+    for page in PAGES:
+        found = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.DOTALL)
+        name = page.relative_to(ROOT)
+        blocks.extend(pytest.param(code, id=f"{name}:{index}") for index, code in enumerate(found))
+    return blocks
 
 
-@pytest.mark.parametrize("index", range(len(_python_blocks())))
-def test_readme_example_runs(index: int) -> None:
+@pytest.mark.parametrize("code", _python_blocks())
+def test_example_runs(code: str, request: pytest.FixtureRequest) -> None:
     torch.manual_seed(0)
-    exec(compile(_python_blocks()[index], f"README.md block {index}", "exec"), {})
+    exec(compile(code, request.node.callspec.id, "exec"), {})
 
 
 def _library_modules() -> list[str]:

@@ -278,8 +278,8 @@ def equalized_focal_loss(
         logits: ``(..., C)``, no background column.
         target: integer labels ``(...)`` in ``[0, C]`` (``C`` = background, an all-zero
             target row) or ``ignore_index``.
-        focusing: ``(C,)`` ``γ_j``. weighting: ``(C,)`` ``w_j`` (see
-            :func:`equalized_focal_factors`).
+        focusing: ``(C,)`` ``γ_j`` (see :func:`equalized_focal_factors`).
+        weighting: ``(C,)`` ``w_j`` (see :func:`equalized_focal_factors`).
         alpha: the focal balance ``α``.
         avg_factor: the normaliser ``Z`` of ``'mean'``; default the number of positive
             samples, at least 1. Under data parallelism pass the positives averaged over
@@ -342,8 +342,12 @@ def equalized_quality_focal_loss(
         logits: ``(..., C)``.
         target: integer labels ``(...)``, ``C`` = background.
         score: ``(...)`` IoU quality targets in [0, 1] (read on positive rows only).
-        focusing, weighting, avg_factor, weight, reduction: as
-            :func:`equalized_focal_loss`.
+        focusing: ``(C,)`` ``γ_j`` (see :func:`equalized_focal_factors`).
+        weighting: ``(C,)`` ``w_j`` (see :func:`equalized_focal_factors`).
+        avg_factor: the normaliser ``Z`` of ``'mean'``; default the number of positive
+            samples, at least 1.
+        weight: optional per-sample weights ``(...)``.
+        reduction: ``'mean'`` (sum / ``Z``), ``'sum'`` or ``'none'`` (per entry).
 
     Example:
         >>> logits = torch.randn(8, 3, requires_grad=True)

@@ -382,7 +382,9 @@ def class_balanced_cross_entropy(
         beta: ``β`` in ``[0, 1)`` (0.9999).
         weight: optional per-sample weights, multiplied with ``w_{y_i}``.
         reduction: ``'mean'`` (sum / ``N``), ``'sum'`` or ``'none'`` (per sample).
-        ignore_index, label_smoothing, validate: as :func:`balanced_softmax`.
+        ignore_index: label of samples to drop.
+        label_smoothing: as in :func:`torch.nn.functional.cross_entropy`.
+        validate: check label and count values (skipped under ``torch.compile``).
 
     Returns:
         :class:`LossOutput` from the fused cross-entropy.
@@ -627,7 +629,7 @@ def federated_classes(
         freq_exponent: the exponent of the sampling weights (0.5).
         generator: the random source of the draw (on the device of ``image_counts``).
         ignore_index: label of rows to drop.
-        validate: check label and count values.
+        validate: check label and count values (skipped under ``torch.compile``).
 
     Example:
         >>> mask = federated_classes(torch.tensor([0, 4, 4]), torch.tensor([9, 4, 1, 1]), 2,
@@ -706,7 +708,8 @@ def federated_loss(
         weight: optional per-sample weights ``(...)``.
         reduction: ``'mean'`` (sum / non-ignored samples, as CenterNet2 divides by the
             RoIs), ``'sum'`` or ``'none'`` (per entry, ``(..., C)``).
-        ignore_index, validate: as usual.
+        ignore_index: label of rows to drop.
+        validate: check label and count values (skipped under ``torch.compile``).
 
     Returns:
         :class:`LossOutput` from the weighted-BCE kernel (increments unused).

@@ -343,8 +343,12 @@ def eql_sigmoid(
         logits: ``(..., C)``.
         target: integer labels ``(...)`` in ``[0, C]``, ``C`` = background.
         rare: ``(C,)`` bool or 0/1 float, ``T_j``.
-        weight, reduction, ignore_index, background_index, validate: as
-            :func:`sigmoid_eql`.
+        weight: optional per-sample weights ``(...)``, scaling loss and statistics.
+        reduction: ``'mean'`` (sum over entries / number of non-ignored samples),
+            ``'sum'`` or ``'none'`` (per entry, the logits' shape).
+        ignore_index: label of rows to drop.
+        background_index: ``'last'`` (label ``C``) or ``'first'`` (label 0, classes 1..C).
+        validate: check label values (skipped under ``torch.compile``).
 
     Returns:
         :class:`LossOutput` with the same statistics as :func:`sigmoid_eql` (used for

@@ -71,7 +71,7 @@ def softmax_eql_adjustment(
 
     ``'canonical'``: ``τ log(max(I_j, ε))``. ``'prior'`` (the reference code's other form):
     ``log((I_j / Σ_k I_k)^τ + 1e-9)``, zero while ``I`` is all zero. The two differ where
-    ``I_j`` is tiny; see the README.
+    ``I_j`` is tiny (a class not yet seen as positive).
     """
     tau, eps = check_softmax_eql_options(tau, eps, form)
     if form == "canonical":

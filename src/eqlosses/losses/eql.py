@@ -43,8 +43,13 @@ class EQL(StatisticsLoss):
         activation: ``'sigmoid'`` or ``'softmax'``.
         drop_prob: ``γ`` of the softmax form (required there).
         generator: random source of the softmax form's ``β``.
-        reduction, loss_weight, ignore_index, background_index, update_statistics,
-        process_group, validate: as :class:`SigmoidEQL`.
+        reduction: ``'mean'`` (over non-ignored samples), ``'sum'`` or ``'none'``.
+        loss_weight: multiplies the loss.
+        ignore_index: label of rows to drop.
+        background_index: ``'last'`` (label ``C`` is background) or ``'first'``.
+        update_statistics: set False to freeze the diagnostic statistics.
+        process_group: ranks that share the statistics (default group when initialised).
+        validate: check label values (skipped under ``torch.compile``).
 
     Shape:
         - logits: ``(N, C)``; target, weight: ``(N,)``.

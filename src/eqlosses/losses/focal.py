@@ -75,11 +75,16 @@ class EqualizedFocalLoss(_EqualizedFocalBase):
 
     Args:
         num_classes: ``C`` (no background column).
-        gamma_b: ``γ_b`` (2). scale: ``s`` (8; the reference YOLOX configs use 4).
+        gamma_b: ``γ_b`` (2).
+        scale: ``s`` (8; the reference YOLOX configs use 4).
         alpha: ``α`` (0.25).
         reduction: ``'mean'`` (sum / ``Z``), ``'sum'`` or ``'none'`` (per entry).
-        loss_weight, ignore_index, background_index, update_statistics, process_group,
-        validate: as :class:`SigmoidEQL`.
+        loss_weight: multiplies the loss.
+        ignore_index: label of rows to drop.
+        background_index: ``'last'`` (label ``C`` is background) or ``'first'``.
+        update_statistics: set False to freeze the statistics (e.g. fine-tuning).
+        process_group: ranks that share the statistics (default group when initialised).
+        validate: check label values (skipped under ``torch.compile``).
 
     Shape:
         - logits: ``(..., C)``; target, weight: ``(...)`` with ``C`` = background.

@@ -67,7 +67,8 @@ class FocalLoss(LossModule):
 
     Args:
         num_classes: ``C`` (no background column).
-        gamma: ``γ >= 0`` (2). alpha: ``α`` in ``[0, 1]`` (0.25).
+        gamma: ``γ >= 0`` (2).
+        alpha: ``α`` in ``[0, 1]`` (0.25).
         reduction: ``'mean'`` (sum / ``Z``), ``'sum'`` or ``'none'`` (per entry).
         loss_weight: multiplies the loss.
         ignore_index: label of rows to drop.
@@ -160,7 +161,9 @@ class BalancedSoftmax(_SoftmaxPeer):
         tau: ``τ >= 0`` (1).
         reduction: ``'mean'`` over non-ignored samples, ``'sum'`` or ``'none'`` (per
             sample).
-        loss_weight, ignore_index, validate: as usual.
+        loss_weight: multiplies the loss.
+        ignore_index: label of samples to drop.
+        validate: check label values (skipped under ``torch.compile``).
         label_smoothing: as in :func:`torch.nn.functional.cross_entropy`.
 
     Shape:
@@ -237,8 +240,12 @@ class ClassBalancedLoss(_SoftmaxPeer):
         class_counts: training samples per class, ``(C,)``; the float64 buffer
             ``class_counts``.
         beta: ``β`` in ``[0, 1)`` (0.9999).
-        reduction, loss_weight, ignore_index, label_smoothing, validate: as
-            :class:`BalancedSoftmax`.
+        reduction: ``'mean'`` over non-ignored samples, ``'sum'`` or ``'none'`` (per
+            sample).
+        loss_weight: multiplies the loss.
+        ignore_index: label of samples to drop.
+        label_smoothing: as in :func:`torch.nn.functional.cross_entropy`.
+        validate: check label values (skipped under ``torch.compile``).
 
     Shape:
         - logits: ``(N, C)`` or ``(N, C, d1, ...)``; target, weight: ``(N,)`` /
@@ -327,11 +334,14 @@ class SeesawLoss(_SoftmaxPeer):
 
     Args:
         num_classes: ``C``.
-        p: mitigation exponent (0.8). q: compensation exponent (2). eps: ``ε`` (1e-2),
-            the floor of ``σ_y`` in the compensation ratio.
+        p: mitigation exponent (0.8).
+        q: compensation exponent (2).
+        eps: ``ε`` (1e-2), the floor of ``σ_y`` in the compensation ratio.
         reduction: ``'mean'`` over non-ignored samples, ``'sum'`` or ``'none'`` (per
             sample).
-        loss_weight, ignore_index, validate: as usual.
+        loss_weight: multiplies the loss.
+        ignore_index: label of samples to drop.
+        validate: check label values (skipped under ``torch.compile``).
         update_statistics: set False to freeze the counts.
         process_group: ranks that share the counts (default group when initialised).
 
@@ -445,7 +455,9 @@ class FederatedLoss(LossModule):
         freq_exponent: exponent of the sampling weights (0.5).
         generator: the random source of the draw (seed it for reproducible runs).
         reduction: ``'mean'`` over non-ignored samples, ``'sum'`` or ``'none'`` (per entry).
-        loss_weight, ignore_index, validate: as usual.
+        loss_weight: multiplies the loss.
+        ignore_index: label of rows to drop.
+        validate: check label values (skipped under ``torch.compile``).
 
     Shape:
         - logits: ``(N, C + 1)``; target, weight: ``(N,)`` labels in ``[0, C]``.

@@ -28,7 +28,9 @@ class SigmoidEQL(StatisticsLoss):
 
     Args:
         num_classes: ``C`` foreground classes.
-        gamma, mu, alpha: the mapping's ``γ`` (12), ``μ`` (0.8) and ``α`` (4).
+        gamma: the mapping's ``γ`` (12).
+        mu: the mapping's ``μ`` (0.8).
+        alpha: the positive weight's ``α`` (4).
         objectness: the two-stage layout: ``C + 1`` logits, background column last, in
             the loss with weight 1 and out of the statistics; scored at test time as
             ``σ(z_c) (1 - σ(z_bg))``.

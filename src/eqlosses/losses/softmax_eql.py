@@ -36,14 +36,19 @@ class SoftmaxEQL(StatisticsLoss):
 
     Args:
         num_classes: ``C``.
-        tau: ``τ`` (1). eps: ``ε`` (1e-4).
+        tau: ``τ`` (1).
+        eps: ``ε`` (1e-4).
         indicator: ``'pos'`` or ``'neg'``.
         form: ``'canonical'`` (above) or ``'prior'``, the reference code's
             ``log((I_j/Σ I)^τ + 1e-9)`` added to every column.
         reduction: ``'mean'`` over non-ignored samples, ``'sum'`` or ``'none'`` (per
             sample).
-        loss_weight, ignore_index, label_smoothing, update_statistics, process_group,
-        validate: as usual.
+        loss_weight: multiplies the loss.
+        ignore_index: label of samples to drop.
+        label_smoothing: as in :func:`torch.nn.functional.cross_entropy`.
+        update_statistics: set False to freeze the statistics (e.g. fine-tuning).
+        process_group: ranks that share the statistics (default group when initialised).
+        validate: check label values (skipped under ``torch.compile``).
 
     Shape:
         - logits: ``(N, C)`` or ``(N, C, d1, ...)`` (per pixel).
