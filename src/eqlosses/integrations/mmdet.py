@@ -848,9 +848,11 @@ class CommitStatisticsHook(Hook):  # type: ignore[misc]  # mmengine is untyped
     """Ends each training iteration's statistics step in every :class:`MMDetStatisticsLoss`.
 
     Runs after each training iteration on every rank, before mmengine's
-    ``CheckpointHook``: a checkpoint then holds no pending step, which makes a resumed
+    ``CheckpointHook``. A checkpoint then holds no pending step, which makes a resumed
     distributed run continue exactly (a pending step is per rank, and only rank 0's
-    would be saved). Add it with ``custom_hooks=[dict(type='CommitStatisticsHook')]``.
+    would be saved); and every rank joins the update's all-reduce once per iteration,
+    also where its head skipped the loss. Add it with
+    ``custom_hooks=[dict(type='CommitStatisticsHook')]``.
     """
 
     priority = "ABOVE_NORMAL"
