@@ -575,6 +575,9 @@ def test_no_increments_outside_training_steps() -> None:
     frozen = eqmm.EqualizedFocalLoss(C, update_statistics=False)
     frozen(logits, labels)
     assert criterion.pending_calls == frozen.pending_calls == 0
+    criterion.train()
+    criterion(logits, labels)
+    assert criterion.pending_calls == 1
 
 
 def test_commit_of_an_empty_step_changes_nothing() -> None:
@@ -604,11 +607,6 @@ def test_eql_counts_images_from_an_lvis_annotation_file(tmp_path: Path) -> None:
     criterion = eqmm.EQL(C, THRESHOLD, ann_file=str(path))
     expected = [count / NUM_IMAGES < THRESHOLD for count in IMAGE_COUNTS]
     assert criterion.criterion.rare.tolist() == expected
-
-
-def _raises(build: Callable[[], Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        build()
 
 
 ERRORS: dict[str, tuple[Callable[[], Any], str]] = {
@@ -659,7 +657,8 @@ ERRORS: dict[str, tuple[Callable[[], Any], str]] = {
 @pytest.mark.parametrize("case", sorted(ERRORS))
 def test_bad_input_raises_a_value_error_naming_the_argument(case: str) -> None:
     build, message = ERRORS[case]
-    _raises(build, message)
+    with pytest.raises(ValueError, match=message):
+        build()
 
 
 def test_a_raising_call_records_nothing() -> None:
