@@ -25,7 +25,15 @@ def _number(text: str, kind: type[int] | type[float], expected: str) -> Any:
 
 
 def positive_int(text: str) -> int:
-    """A whole number of at least 1 (epochs, threads, images, canvases)."""
+    """A whole number of at least 1 (epochs, threads, images, canvases).
+
+    Example:
+        >>> positive_int("3")
+        3
+        >>> positive_int("0")
+        Traceback (most recent call last):
+        argparse.ArgumentTypeError: expected a whole number of at least 1, got '0'
+    """
     value: int = _number(text, int, "a whole number of at least 1")
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")

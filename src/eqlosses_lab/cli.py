@@ -67,6 +67,12 @@ def register_compare(commands: Subparsers) -> None:
     parser = commands.add_parser(
         "compare",
         help="train one model per (loss, seed) on a long-tailed task and compare the losses",
+        description="Train one model per (loss, seed) on a long-tailed task, then write "
+        "results.json, results.md and pictures, and say which loss is best on each metric "
+        "and whether it beats the baseline. Every finished run is saved in OUT/runs: "
+        "rerunning the same command (after Ctrl-C, say) resumes. A saved run is reused only "
+        "if it was made with the same settings; otherwise the command stops and names the "
+        "settings that differ. A damaged saved run is trained again.",
     )
     compare.add_arguments(parser)
     parser.set_defaults(handler=_guarded("compare", compare.run))

@@ -154,6 +154,17 @@ class TaskLosses(Generic[Built]):
         return tuple(self.builders)
 
     def build(self, name: str, context: LossContext) -> Built:
+        """The loss ``name`` of this task, built for ``context``.
+
+        Raises:
+            ValueError: if the task has no loss of that name, naming the ones it has.
+
+        Example:
+            >>> loss = CLASSIFICATION.build("softmax-eql", LossContext([600, 60, 6]))
+            >>> value = loss(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
+            >>> value.shape, loss.num_classes
+            (torch.Size([]), 3)
+        """
         if name not in self.builders:
             known = ", ".join(self.builders)
             raise ValueError(f"loss: expected one of {known} for {self.task}, got {name!r}")

@@ -256,21 +256,26 @@ def _ratio_ticks(values: Sequence[float]) -> tuple[list[float], bool]:
     return steps[first : max(last, first + 1) + 1], any(v <= 0 for v in finite)
 
 
-def _label_ratio_axis(ax: Any, values: Sequence[float]) -> None:
-    """A logarithmic ``g`` axis whose every tick is labelled (see :func:`_ratio_ticks`);
-    symmetric-logarithmic, linear below the smallest tick, when some ``g`` is 0."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+def _format_g_axes(ax: Any, values: Sequence[float]) -> None:
+    """Whole epochs across; up, a logarithmic ``g`` axis whose every tick is labelled (see
+    :func:`_ratio_ticks`), symmetric-logarithmic, linear below the smallest tick, when
+    some ``g`` is 0."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ticks, with_zero = _ratio_ticks(values)
+    # a little room beyond the outer ticks, so a value on one is not cut by the frame
+    margin = 1.15
     if with_zero:
         ax.set_yscale("symlog", linthresh=ticks[0])
+        ax.set_ylim(-0.15 * ticks[0], ticks[-1] * margin)
         ticks = [0.0, *ticks]
     else:
         ax.set_yscale("log")
+        ax.set_ylim(ticks[0] / margin, ticks[-1] * margin)
     ax.yaxis.set_major_locator(FixedLocator(ticks))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.yaxis.set_minor_locator(NullLocator())
-    ax.set_ylim(ticks[0], ticks[-1])
 
 
 def plot_grad_ratio(
@@ -284,6 +289,7 @@ def plot_grad_ratio(
         return False
     plt, fig, axes, recorded = figure
     from matplotlib.colors import LogNorm
+    from matplotlib.ticker import NullLocator
 
     cmap = plt.get_cmap("viridis")
     # a class without a training sample sits at the scale's bottom with the size-1 ones
@@ -294,8 +300,11 @@ def plot_grad_ratio(
         history = run["grad_ratio_history"]
         for c, size in enumerate(run["class_sizes"]):
             colour = cmap(norm(max(1, size)))
-            ax.plot(range(1, len(history) + 1), [h[c] for h in history], color=colour, lw=0.8)
-        _label_ratio_axis(ax, [g for h in history for g in h])
+            # a single epoch is a point, which a line alone would not show
+            marker = "o" if len(history) == 1 else None
+            epochs = range(1, len(history) + 1)
+            ax.plot(epochs, [h[c] for h in history], color=colour, lw=0.8, marker=marker, ms=3)
+        _format_g_axes(ax, [g for h in history for g in h])
         ax.set_title(f"{loss}: g per class", fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -303,6 +312,11 @@ def plot_grad_ratio(
     mappable = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
     cbar = fig.colorbar(mappable, ax=axes.tolist(), fraction=0.03)
     cbar.set_label(size_label)
+    # the smallest and largest class sizes, and round sizes between them not too close
+    steps, _ = _ratio_ticks([low, high])
+    between = [t for t in steps if low * 1.3 < t < high / 1.3]
+    cbar.set_ticks([low, *between, high], labels=[f"{t:g}" for t in (low, *between, high)])
+    cbar.ax.yaxis.set_minor_locator(NullLocator())
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return True
@@ -379,10 +393,12 @@ def plot_grad_ratio_by_class(
                 [h[c] for h in history],
                 color=cmap(c % 20),
                 lw=1.2,
+                marker="o" if len(history) == 1 else None,
+                ms=3,
                 ls="--" if c in marked else "-",
                 label=f"{name} *" if c in marked else name,
             )
-        _label_ratio_axis(ax, [g for h in history for g in h])
+        _format_g_axes(ax, [g for h in history for g in h])
         ax.set_title(f"{loss}: g per class (* = rare, dashed)", fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -142,6 +142,25 @@ def test_select_cases() -> None:
         benchmark.select_cases(["focal"])
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--threads", "0", "expected a whole number of at least 1, got '0'"),
+        ("--repeats", "-2", "expected a whole number of at least 1, got '-2'"),
+        ("--warmup", "-1", "expected a whole number of at least 0, got '-1'"),
+        ("--losses", "focal", "expected loss names (sigmoid-eql, eql, efl, eqfl, softmax-eql)"),
+    ],
+)
+def test_bad_options_are_refused_as_they_are_parsed(
+    capsys: pytest.CaptureFixture[str], option: str, value: str, expected: str
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        _args(option, value)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: {expected}" in err
+
+
 def test_label_streams_look_like_the_data() -> None:
     profile = benchmark.load_profile(None)
     generator = torch.Generator().manual_seed(0)

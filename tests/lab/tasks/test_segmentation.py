@@ -9,14 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA
 
 from eqlosses.__main__ import main
 from eqlosses_lab.data.camvid import CAMVID_IGNORE_INDEX
 from eqlosses_lab.registry import SEGMENTATION, LossContext
 from eqlosses_lab.tasks.segmentation import example_indices
 
-CAMVID_DIR = SHARED_DATA / "camvid-240x180"
 C = 11
 
 
@@ -71,13 +69,13 @@ def test_missing_camvid_is_reported(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "CamVid not found" in capsys.readouterr().err
 
 
-def test_segmentation_compare_end_to_end_and_resume(tmp_path: Path) -> None:
-    if not CAMVID_DIR.is_dir():
-        pytest.skip(f"{CAMVID_DIR} is not present")
+def test_segmentation_compare_end_to_end_and_resume(
+    camvid_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     losses = ["ce", "softmax-eql", "focal"]
     args = [
-        "compare", "--task", "segmentation", "--data-dir", str(CAMVID_DIR),
+        "compare", "--task", "segmentation", "--data-dir", str(camvid_dir),
         "--limit-images", "4", "--epochs", "2", "--seeds", "0", "--threads", "1",
         "--no-progress", "--out", str(out), "--losses", *losses,
     ]  # fmt: skip
@@ -114,3 +112,11 @@ def test_segmentation_compare_end_to_end_and_resume(tmp_path: Path) -> None:
     kept = next(r for r in again["runs"] if r["loss"] == "ce")
     assert kept.get("marker") == "kept" and kept["metrics"]["miou"] == miou
     assert (out / "runs" / "focal__seed0.json").exists()
+
+    # a run whose predicted example maps are gone is trained again
+    examples = out / "runs" / "softmax-eql__seed0.examples.npy"
+    examples.unlink()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "has lost its predicted example maps" in capsys.readouterr().out
+    assert np.load(examples).shape == (3, 180, 240)
