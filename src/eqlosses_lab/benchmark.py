@@ -113,7 +113,7 @@ class BenchmarkError(RuntimeError):
 # ----------------------------------------------------------------------------- cases
 @dataclass(frozen=True)
 class Target:
-    """A goal from the issue: ``metric <= limit``."""
+    """A speed or memory target of a case: ``metric <= limit``."""
 
     metric: str  # "a/b", "a/c", "mem a" or "fixed a-c ms"
     limit: float

@@ -422,5 +422,8 @@ def comparison_losses() -> tuple[str, ...]:
 
 
 def comparison_losses_help() -> str:
-    """Each comparison task's losses, for ``--help``: ``task: a, b, c; ...``."""
-    return "; ".join(f"{table.task}: {', '.join(table.names)}" for table in COMPARISONS)
+    """Each comparison task's losses and baseline, for ``--help``."""
+    return "; ".join(
+        f"{table.task}: {', '.join(table.names)} (baseline {table.baseline})"
+        for table in COMPARISONS
+    )

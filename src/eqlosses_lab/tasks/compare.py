@@ -14,9 +14,10 @@ import os
 import shlex
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from ..arguments import (
     Distinct,
@@ -28,7 +29,17 @@ from ..arguments import (
 )
 from ..errors import SettingsError
 from ..locations import CAMVID, FASHION_MNIST, OMNIGLOT
-from ..registry import CLASSIFICATION, ONE_STAGE, SEGMENTATION, TWO_STAGE, comparison_losses
+from ..registry import (
+    CLASSIFICATION,
+    ONE_STAGE,
+    SEGMENTATION,
+    TWO_STAGE,
+    ComparisonLosses,
+    DenseLoss,
+    RoILoss,
+    comparison_losses,
+    comparison_losses_help,
+)
 from .distributed import Ranks, init_from_environment, shutdown
 from .settings import (
     CANVAS_PRESETS,
@@ -87,11 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=comparison_losses(),
         action=Distinct,
         metavar="LOSS",
-        help="losses to compare (default: all of the task's): "
-        + "; ".join(
-            f"{table.task}: {', '.join(table.names)} (baseline {table.baseline})"
-            for table in (CLASSIFICATION, SEGMENTATION, ONE_STAGE, TWO_STAGE)
-        ),
+        help=f"losses to compare (default: all of the task's): {comparison_losses_help()}",
     )
     defaults = ", ".join(
         [
@@ -195,7 +202,10 @@ def _check_options(args: argparse.Namespace, world_size: int) -> None:
         )
 
 
-def _losses(args: argparse.Namespace) -> Any:
+def _losses(
+    args: argparse.Namespace,
+) -> ComparisonLosses[nn.Module] | ComparisonLosses[DenseLoss] | ComparisonLosses[RoILoss]:
+    """The registry's table of the chosen task (and detector)."""
     if args.task == "classification":
         return CLASSIFICATION
     if args.task == "segmentation":

@@ -25,7 +25,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -198,7 +198,11 @@ def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
 
 
 def _plan(
-    task: Task, losses: Sequence[str], seeds: Sequence[int], out: Path, say: Any
+    task: Task,
+    losses: Sequence[str],
+    seeds: Sequence[int],
+    out: Path,
+    say: Callable[[str], None],
 ) -> list[_Run]:
     """Every (seed, loss) run with its saved record if that can be reused."""
     settings = as_json(task.settings())
@@ -239,7 +243,6 @@ def compare(
     command: str,
     *,
     is_main: bool = True,
-    scale: float = 100.0,
 ) -> int:
     """Run (or reuse) every (seed, loss) run of ``task`` into ``out`` and write the
     outputs; returns the command's exit code. ``command`` (the command line that
@@ -285,7 +288,7 @@ def compare(
         if not is_main:
             return 0
         runs = [run.record for run in plan if run.record is not None]
-        _write_outputs(task, runs, losses, seeds, out, command, scale)
+        _write_outputs(task, runs, losses, seeds, out, command)
     except KeyboardInterrupt:
         if is_main:
             saved = sum(run.record is not None for run in plan)
@@ -307,12 +310,11 @@ def _write_outputs(
     seeds: Sequence[int],
     out: Path,
     command: str,
-    scale: float,
 ) -> None:
     outputs = task.write_outputs(out, runs, losses, seeds)
-    table = report.markdown_table(runs, losses, task.metrics, task.baseline, scale=scale)
+    table = report.markdown_table(runs, losses, task.metrics, task.baseline)
     best = report.best_per_metric(runs, losses, task.metrics, task.baseline)
-    verdicts = report.best_lines(best, task.baseline, scale=scale)
+    verdicts = report.best_lines(best, task.baseline)
     payload = {
         "command": command,
         "config": {
