@@ -32,8 +32,8 @@ is reported in units of one logit-sized float32 tensor. The child runs with glib
 ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` fixed, so that freed tensors
 leave the resident set and the peak follows the live tensors.
 
-Labels follow LVIS v1 instance counts (the ``lvis_v1_train.csv`` next to the repository,
-or ``--lvis-counts``; a synthetic Zipf profile otherwise): two-stage detection samples
+Labels follow LVIS v1 instance counts (the csv named by ``--lvis-counts`` or
+``EQLOSSES_LVIS_COUNTS``; a synthetic Zipf profile otherwise): two-stage detection samples
 512 RoIs per image with 75% background, one-stage detection 1% positive anchors,
 classification all rows; per-pixel labels follow the class frequencies of the CamVid
 training labels, its 4% unlabelled pixels mapped to the ignore label 255.
@@ -65,14 +65,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from eqlosses import (
-    EQL,
-    EqualizedFocalLoss,
-    EqualizedQualityFocalLoss,
-    SigmoidEQL,
-    SoftmaxEQL,
-    StatisticsLoss,
-)
+from eqlosses import EQL, StatisticsLoss
+
+from .arguments import Distinct, non_negative_int, positive_int
+from .errors import DatasetNotFoundError
+from .locations import LVIS_COUNTS
+from .registry import BENCHMARK, LossContext
 
 __all__ = ["CASES", "BenchmarkError", "add_arguments", "measure_memory", "run", "verify"]
 
@@ -83,7 +81,6 @@ RESULT_MARKER = "EQLOSSES_MEMORY_RESULT "
 # mapping, returned to the system when freed, so the resident set follows live tensors.
 MEMORY_CHILD_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 LVIS_V1_TRAIN_IMAGES = 100_170
-EQL_LVIS_V1_THRESHOLD = 0.0011
 PIXEL_IGNORE_INDEX = 255
 # Per-pixel class frequencies (%) of the CamVid training labels (SegNet's 11 classes,
 # 367 images at 240x180); the last entry is the unlabelled share, mapped to the ignore label.
@@ -116,7 +113,7 @@ class BenchmarkError(RuntimeError):
 # ----------------------------------------------------------------------------- cases
 @dataclass(frozen=True)
 class Target:
-    """A goal from the issue: ``metric <= limit``."""
+    """A speed or memory target of a case: ``metric <= limit``."""
 
     metric: str  # "a/b", "a/c", "mem a" or "fixed a-c ms"
     limit: float
@@ -143,7 +140,7 @@ class Case:
     def num_classes(self, shape: Sequence[int]) -> int:
         """Foreground classes ``C`` of logits of ``shape``."""
         columns = shape[1]
-        return columns - 1 if self.loss == "sigmoid_eql" else columns
+        return columns - 1 if self.loss == "sigmoid-eql" else columns
 
 
 _SIGMOID_TARGETS = (Target("a/c", 0.8), Target("a/b", 0.25), Target("mem a", 1.5))
@@ -160,12 +157,12 @@ CASES: dict[str, Case] = {
     case.key: case
     for case in (
         Case(
-            "sigmoid_eql", "sigmoid_eql", "Sigmoid-EQL", "LVIS two-stage, C+1 logits",
+            "sigmoid-eql", "sigmoid-eql", "Sigmoid-EQL", "LVIS two-stage, C+1 logits",
             (8192, 1204), (256, 42), "two_stage", _BCE,
             "EQLv2 expanded weights + stats pass", _SIGMOID_TARGETS,
         ),
         Case(
-            "sigmoid_eql/small", "sigmoid_eql", "Sigmoid-EQL", "small head, C+1 logits",
+            "sigmoid-eql/small", "sigmoid-eql", "Sigmoid-EQL", "small head, C+1 logits",
             (1024, 81), (64, 9), "two_stage", _BCE,
             "EQLv2 expanded weights + stats pass", _SMALL_TARGETS,
         ),
@@ -200,23 +197,23 @@ CASES: dict[str, Case] = {
             "autograd EQFL + analytic stats pass", _SMALL_TARGETS,
         ),
         Case(
-            "softmax_eql", "softmax_eql", "Softmax-EQL", "classification",
+            "softmax-eql", "softmax-eql", "Softmax-EQL", "classification",
             (1024, 1000), (128, 40), "classification", _CE,
             "adjusted logits + softmax stats pass", _SOFTMAX_TARGETS,
         ),
         Case(
-            "softmax_eql/pixel", "softmax_eql", "Softmax-EQL", "per pixel, CamVid-like",
+            "softmax-eql/pixel", "softmax-eql", "Softmax-EQL", "per pixel, CamVid-like",
             (8, 12, 180, 240), (2, 12, 9, 12), "pixel", _CE,
             "adjusted logits + softmax stats pass", _SOFTMAX_TARGETS,
         ),
         Case(
-            "softmax_eql/small", "softmax_eql", "Softmax-EQL", "small head",
+            "softmax-eql/small", "softmax-eql", "Softmax-EQL", "small head",
             (1024, 81), (64, 9), "classification", _CE,
             "adjusted logits + softmax stats pass", _SMALL_TARGETS,
         ),
     )
 }  # fmt: skip
-LOSSES = ("sigmoid_eql", "eql", "efl", "eqfl", "softmax_eql")
+LOSSES = BENCHMARK.names
 
 
 def select_cases(names: Sequence[str] | None) -> list[Case]:
@@ -256,17 +253,6 @@ class LabelProfile:
         instances = self.instance_counts.repeat(reps)[:num_classes]
         images = self.image_counts.repeat(reps)[:num_classes]
         return instances, images
-
-
-def default_counts_path() -> Path | None:
-    """The shared LVIS v1 counts next to the repository (or the working directory)."""
-    relative = Path("shared", "data", "lvis-category-counts", "lvis_v1_train.csv")
-    here = Path(__file__).resolve()
-    candidates = [here.parents[2].parent / relative, Path.cwd().parent / relative]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def load_profile(path: str | Path | None) -> LabelProfile:
@@ -349,7 +335,7 @@ def make_inputs(
 ) -> Inputs:
     generator = torch.Generator().manual_seed(seed)
     logits = torch.randn(tuple(shape), generator=generator, dtype=dtype)
-    if case.loss != "softmax_eql":
+    if case.loss != "softmax-eql":
         # sigmoid heads sit mostly on the negative side
         logits.mul_(2.0).sub_(2.0)
     target = sample_labels(case, shape, profile, generator)
@@ -633,25 +619,22 @@ def build(case: Case, which: str, shape: Sequence[int], profile: LabelProfile) -
     """Implementation ``which`` (``'a'``, ``'b'`` or ``'c'``) of ``case`` for ``shape``."""
     classes = case.num_classes(shape)
     ignore = PIXEL_IGNORE_INDEX if case.labels == "pixel" else -100
-    if case.loss in ("sigmoid_eql", "eql"):
+    _, images = profile.restricted(classes)
+    context = LossContext(images, ignore_index=ignore, num_images=profile.num_images)
+    if which == "a":
+        return LibraryLoss(BENCHMARK.build(case.loss, context), with_score=case.loss == "eqfl")
+    if case.loss in ("sigmoid-eql", "eql"):
         if which == "c":
-            return PlainBCE(objectness=case.loss == "sigmoid_eql")
-        if case.loss == "sigmoid_eql":
-            if which == "a":
-                return LibraryLoss(SigmoidEQL(classes, objectness=True))
+            return PlainBCE(objectness=case.loss == "sigmoid-eql")
+        if case.loss == "sigmoid-eql":
             return StraightSigmoidEQL(classes)
-        _, images = profile.restricted(classes)
-        module = EQL(images, profile.num_images, EQL_LVIS_V1_THRESHOLD)
-        return LibraryLoss(module) if which == "a" else StraightEQL(module.rare.clone())
+        # the same rare classes as (a)'s
+        module = BENCHMARK.build("eql", context)
+        assert isinstance(module, EQL)
+        return StraightEQL(module.rare.clone())
     if case.loss in ("efl", "eqfl"):
-        quality = case.loss == "eqfl"
-        if which == "a":
-            module_type = EqualizedQualityFocalLoss if quality else EqualizedFocalLoss
-            return LibraryLoss(module_type(classes), with_score=quality)
-        return StraightFocal(classes, quality=quality) if which == "b" else PlainFocal()
-    if case.loss == "softmax_eql":
-        if which == "a":
-            return LibraryLoss(SoftmaxEQL(classes, ignore_index=ignore))
+        return StraightFocal(classes, quality=case.loss == "eqfl") if which == "b" else PlainFocal()
+    if case.loss == "softmax-eql":
         if which == "b":
             return StraightSoftmaxEQL(classes, ignore_index=ignore)
         return PlainCrossEntropy(ignore)
@@ -1185,27 +1168,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--repeats",
-        type=int,
+        type=positive_int,
         default=None,
         help="timed rounds per case, after the warm-up (default: 11 full, 3 smoke)",
     )
     parser.add_argument(
-        "--warmup", type=int, default=None, help="warm-up rounds (default: 2 full, 1 smoke)"
+        "--warmup",
+        type=non_negative_int,
+        default=None,
+        help="warm-up rounds (default: 2 full, 1 smoke)",
     )
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument(
+        "--threads", type=positive_int, default=2, help="torch.set_num_threads (default 2)"
+    )
     parser.add_argument(
         "--losses",
         nargs="+",
+        type=_selection,
+        action=Distinct,
         default=None,
         metavar="NAME",
-        help=f"losses ({', '.join(LOSSES)}) or cases ({', '.join(CASES)}); default all",
+        help=f"losses ({', '.join(LOSSES)}) or cases ({', '.join(CASES)}), also "
+        "comma-separated; default all",
     )
     parser.add_argument(
         "--lvis-counts",
         default=None,
         metavar="PATH",
         help="LVIS category counts csv (id,name,frequency,image_count,instance_count); "
-        "default: the shared lvis_v1_train.csv if found, else a synthetic Zipf profile; "
+        f"default: ${LVIS_COUNTS.variable} if set, else a synthetic Zipf profile; "
         "'synthetic' forces the latter",
     )
     parser.add_argument(
@@ -1222,16 +1213,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)
 
 
+def _selection(text: str) -> str:
+    """A ``--losses`` item: loss or case names, comma-separated."""
+    try:
+        select_cases([text])
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--losses: ")) from None
+    return text
+
+
 def _counts_argument(value: str | None) -> tuple[str | None, str]:
-    """(path or None for synthetic, how it was chosen)."""
+    """(the counts csv, or None for the synthetic profile; how it was chosen)."""
     if value == "synthetic":
         return None, "requested"
-    if value is not None:
-        if not Path(value).is_file():
-            raise BenchmarkError(f"--lvis-counts: no such file {value}")
-        return value, "given"
-    found = default_counts_path()
-    return (str(found), "found") if found is not None else (None, "no csv found")
+    path = LVIS_COUNTS.locate(value)
+    if path is None:
+        return None, f"no csv given by {LVIS_COUNTS.option} or ${LVIS_COUNTS.variable}"
+    if not path.is_file():
+        raise LVIS_COUNTS.missing(path.parent, f"no file {path.name}")
+    return str(path), "given" if value is not None else f"from ${LVIS_COUNTS.variable}"
 
 
 def _run_memory_child(args: argparse.Namespace) -> int:
@@ -1251,14 +1251,10 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark described by ``args`` (see :func:`add_arguments`)."""
     if args.memory_case:
         return _run_memory_child(args)
-    if args.threads < 1:
-        raise BenchmarkError(f"--threads: expected a positive number, got {args.threads}")
     smoke = args.size == "smoke"
     repeats = args.repeats if args.repeats is not None else (3 if smoke else 11)
     warmup = args.warmup if args.warmup is not None else (1 if smoke else 2)
     with_memory = args.memory if args.memory is not None else not smoke
-    if repeats < 1:
-        raise BenchmarkError(f"--repeats: expected a positive number, got {repeats}")
     cases = select_cases(args.losses)
     counts, how = _counts_argument(args.lvis_counts)
     profile = load_profile(counts)
@@ -1443,6 +1439,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchmarkError as error:
         print(f"benchmark failed: {error}", file=sys.stderr)
         return 1
+    except DatasetNotFoundError as error:
+        print(f"benchmark: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

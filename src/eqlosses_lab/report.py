@@ -7,7 +7,6 @@ per-class plot) and optionally ``grad_ratio_history`` (list of per-epoch ``g`` v
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -100,10 +99,71 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
-def write_results(out_dir: Path, payload: Run) -> Path:
-    path = out_dir / "results.json"
-    path.write_text(json.dumps(payload, indent=1, sort_keys=True))
-    return path
+def best_per_metric(
+    runs: Sequence[Run], losses: Sequence[str], metric_names: Sequence[str], baseline: str
+) -> dict[str, Run]:
+    """For each metric: the loss with the highest mean over seeds (the first listed on a
+    tie), its mean and standard deviation, the baseline's, and ``vs_baseline``: the
+    verdict of :func:`compare_to` (``'baseline'`` when the best is the baseline itself).
+    Metrics no run has a number for are left out."""
+    summary = summarise(runs, losses, metric_names)
+    best: dict[str, Run] = {}
+    for metric in metric_names:
+        stats = {
+            loss: values[metric]
+            for loss, values in summary.items()
+            if metric in values and not math.isnan(values[metric]["mean"])
+        }
+        if not stats:
+            continue
+        winner = max(stats, key=lambda loss: stats[loss]["mean"])
+        base = stats.get(baseline)
+        best[metric] = {
+            "loss": winner,
+            "mean": stats[winner]["mean"],
+            "std": stats[winner]["std"],
+            "seeds": len(summary[winner]["seeds"]),
+            "baseline_mean": None if base is None else base["mean"],
+            "baseline_std": None if base is None else base["std"],
+            "vs_baseline": "baseline"
+            if winner == baseline
+            else compare_to(runs, winner, baseline, metric),
+        }
+    return best
+
+
+def best_lines(best: dict[str, Run], baseline: str, *, scale: float = 100.0) -> str:
+    """Markdown: the best loss on each metric and whether it beats the baseline."""
+    if not best:
+        return ""
+    one_seed = any(entry["seeds"] < 2 for entry in best.values())
+    lines = [
+        f"Best loss on each metric (mean ± std over seeds). It beats `{baseline}` when the "
+        "mean gap exceeds the two standard deviations summed and has the same sign on every "
+        "seed" + ("; with one seed there is no spread, so any gap counts." if one_seed else "."),
+        "",
+    ]
+
+    def value(mean: float, std: float) -> str:
+        return f"{mean * scale:.1f} ± {std * scale:.1f}"
+
+    for metric, entry in best.items():
+        mine = f"- {metric}: `{entry['loss']}` {value(entry['mean'], entry['std'])}"
+        verdict = entry["vs_baseline"]
+        if verdict == "baseline":
+            lines.append(f"{mine}, the baseline itself")
+            continue
+        if verdict == "n/a":
+            lines.append(f"{mine}; no `{baseline}` run on the same seeds to compare with")
+            continue
+        theirs = f"`{baseline}` ({value(entry['baseline_mean'], entry['baseline_std'])})"
+        if verdict == "beats":
+            lines.append(f"{mine}, beats {theirs}")
+        elif verdict == "loses":
+            lines.append(f"{mine}, loses to {theirs} on the seeds both ran")
+        else:
+            lines.append(f"{mine}, does not beat {theirs}: the gap is within the seeds' spread")
+    return "\n".join(lines) + "\n"
 
 
 def _pyplot() -> Any:
@@ -172,30 +232,91 @@ def _grad_ratio_figure(
     return plt, fig, axes[0], recorded
 
 
-def plot_grad_ratio(runs: Sequence[Run], path: Path) -> bool:
+def _ratio_ticks(values: Sequence[float]) -> tuple[list[float], bool]:
+    """Tick positions of a logarithmic ``g`` axis that spans ``values``, and whether the
+    axis must also show 0 (a class whose ``g`` is 0, which a log axis cannot place).
+
+    Ticks sit at 1, 2 and 5 times each power of ten when the values span two decades or
+    less, at the powers of ten otherwise (every second one beyond six decades), from
+    the last tick at or below the smallest positive value to the first at or above the
+    largest, so every tick is labelled and the labels bracket the data.
+    """
+    finite = [v for v in values if math.isfinite(v)]
+    positive = [v for v in finite if v > 0] or [1.0]
+    low = math.floor(math.log10(min(positive)))
+    high = math.ceil(math.log10(max(positive)))
+    high = max(high, low + 1)
+    if high - low <= 2:
+        steps = [m * 10.0**e for e in range(low, high + 1) for m in (1, 2, 5)]
+    else:
+        stride = 2 if high - low > 6 else 1
+        steps = [10.0**e for e in range(low, high + 1, stride)]
+    first = max(i for i, t in enumerate(steps) if t <= min(positive) * (1 + 1e-9))
+    last = min(i for i, t in enumerate(steps) if t >= max(positive) * (1 - 1e-9))
+    return steps[first : max(last, first + 1) + 1], any(v <= 0 for v in finite)
+
+
+def _format_g_axes(ax: Any, values: Sequence[float]) -> None:
+    """Whole epochs across; up, a logarithmic ``g`` axis whose every tick is labelled (see
+    :func:`_ratio_ticks`), symmetric-logarithmic, linear below the smallest tick, when
+    some ``g`` is 0."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ticks, with_zero = _ratio_ticks(values)
+    # a little room beyond the outer ticks, so a value on one is not cut by the frame
+    margin = 1.15
+    if with_zero:
+        ax.set_yscale("symlog", linthresh=ticks[0])
+        ax.set_ylim(-0.15 * ticks[0], ticks[-1] * margin)
+        ticks = [0.0, *ticks]
+    else:
+        ax.set_yscale("log")
+        ax.set_ylim(ticks[0] / margin, ticks[-1] * margin)
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_locator(NullLocator())
+
+
+def plot_grad_ratio(
+    runs: Sequence[Run], path: Path, *, size_label: str = "training images of the class"
+) -> bool:
     """The per-class gradient ratio ``g`` over training (first seed of each loss that
-    records it), each class coloured by its class size; False if no run records it."""
+    records it), each class coloured by its class size on a logarithmic colour scale over
+    the sizes' actual range, labelled ``size_label``; False if no run records ``g``."""
     figure = _grad_ratio_figure(runs, (4.2, 3.2))
     if figure is None:
         return False
     plt, fig, axes, recorded = figure
+    from matplotlib.colors import LogNorm
+    from matplotlib.ticker import NullLocator
+
     cmap = plt.get_cmap("viridis")
+    # a class without a training sample sits at the scale's bottom with the size-1 ones
+    sizes = [max(1, size) for run in recorded.values() for size in run["class_sizes"]]
+    low, high = min(sizes), max(sizes)
+    norm = LogNorm(vmin=low, vmax=high if high > low else low * 10)
     for ax, (loss, run) in zip(axes, recorded.items(), strict=True):
         history = run["grad_ratio_history"]
-        sizes = run["class_sizes"]
-        largest = math.log(max(sizes) + 1)
-        for c in range(len(sizes)):
-            colour = cmap(math.log(sizes[c] + 1) / largest)
-            ax.plot(range(1, len(history) + 1), [h[c] for h in history], color=colour, lw=0.8)
-        ax.set_yscale("symlog", linthresh=1e-2)
+        for c, size in enumerate(run["class_sizes"]):
+            colour = cmap(norm(max(1, size)))
+            # a single epoch is a point, which a line alone would not show
+            marker = "o" if len(history) == 1 else None
+            epochs = range(1, len(history) + 1)
+            ax.plot(epochs, [h[c] for h in history], color=colour, lw=0.8, marker=marker, ms=3)
+        _format_g_axes(ax, [g for h in history for g in h])
         ax.set_title(f"{loss}: g per class", fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("pos / neg gradient (g)")
-    sm = plt.cm.ScalarMappable(cmap=cmap)
-    sm.set_array([])
-    cbar = fig.colorbar(sm, ax=axes.tolist(), fraction=0.03)
-    cbar.set_label("log class size (scaled)")
+    mappable = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+    cbar = fig.colorbar(mappable, ax=axes.tolist(), fraction=0.03)
+    cbar.set_label(size_label)
+    # the smallest and largest class sizes, and round sizes between them not too close
+    steps, _ = _ratio_ticks([low, high])
+    between = [t for t in steps if low * 1.3 < t < high / 1.3]
+    cbar.set_ticks([low, *between, high], labels=[f"{t:g}" for t in (low, *between, high)])
+    cbar.ax.yaxis.set_minor_locator(NullLocator())
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return True
@@ -272,10 +393,12 @@ def plot_grad_ratio_by_class(
                 [h[c] for h in history],
                 color=cmap(c % 20),
                 lw=1.2,
+                marker="o" if len(history) == 1 else None,
+                ms=3,
                 ls="--" if c in marked else "-",
                 label=f"{name} *" if c in marked else name,
             )
-        ax.set_yscale("log")
+        _format_g_axes(ax, [g for h in history for g in h])
         ax.set_title(f"{loss}: g per class (* = rare, dashed)", fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

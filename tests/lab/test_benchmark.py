@@ -113,7 +113,7 @@ def test_smoke_run_reports_every_loss_with_ratios(
 @pytest.mark.usefixtures("keep_threads")
 def test_markdown_table_for_a_subset(capsys: pytest.CaptureFixture[str]) -> None:
     args = _args(
-        "--size", "smoke", "--repeats", "1", "--threads", "1", "--losses", "softmax_eql",
+        "--size", "smoke", "--repeats", "1", "--threads", "1", "--losses", "softmax-eql",
         "--markdown", "--lvis-counts", "synthetic",
     )  # fmt: skip
     assert benchmark.run(args) == 0
@@ -142,18 +142,37 @@ def test_select_cases() -> None:
         benchmark.select_cases(["focal"])
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--threads", "0", "expected a whole number of at least 1, got '0'"),
+        ("--repeats", "-2", "expected a whole number of at least 1, got '-2'"),
+        ("--warmup", "-1", "expected a whole number of at least 0, got '-1'"),
+        ("--losses", "focal", "expected loss names (sigmoid-eql, eql, efl, eqfl, softmax-eql)"),
+    ],
+)
+def test_bad_options_are_refused_as_they_are_parsed(
+    capsys: pytest.CaptureFixture[str], option: str, value: str, expected: str
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        _args(option, value)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: {expected}" in err
+
+
 def test_label_streams_look_like_the_data() -> None:
     profile = benchmark.load_profile(None)
     generator = torch.Generator().manual_seed(0)
     two_stage = benchmark.sample_labels(
-        benchmark.CASES["sigmoid_eql"], (8192, 1204), profile, generator
+        benchmark.CASES["sigmoid-eql"], (8192, 1204), profile, generator
     )
     assert float((two_stage == 1203).double().mean()) == pytest.approx(0.75, abs=1e-3)
     assert int(two_stage.max()) == 1203 and int(two_stage.min()) >= 0
     one_stage = benchmark.sample_labels(benchmark.CASES["efl"], (65536, 1203), profile, generator)
     assert float((one_stage < 1203).double().mean()) == pytest.approx(0.01, abs=1e-3)
     pixels = benchmark.sample_labels(
-        benchmark.CASES["softmax_eql/pixel"], (8, 12, 180, 240), profile, generator
+        benchmark.CASES["softmax-eql/pixel"], (8, 12, 180, 240), profile, generator
     )
     assert pixels.shape == (8, 180, 240)
     ignored = pixels == benchmark.PIXEL_IGNORE_INDEX
@@ -178,7 +197,7 @@ def test_verification_catches_a_different_formula(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(benchmark, "build", wrong_tau)
     profile = benchmark.load_profile(None)
     with pytest.raises(benchmark.BenchmarkError, match=r"disagree .* at step 2"):
-        benchmark.verify([benchmark.CASES["softmax_eql"]], profile)
+        benchmark.verify([benchmark.CASES["softmax-eql"]], profile)
     monkeypatch.setattr(benchmark, "build", original)
     assert benchmark.verify(benchmark.select_cases(None), profile, steps=2)
 
@@ -211,7 +230,7 @@ def test_fixed_overhead_finds_a_known_cost(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(benchmark, "FIXED_OVERHEAD_CALLS", 5)
     torch.set_num_threads(2)
     fixed = benchmark.fixed_overhead(
-        benchmark.CASES["softmax_eql/small"], benchmark.load_profile(None), 81, repeats=2
+        benchmark.CASES["softmax-eql/small"], benchmark.load_profile(None), 81, repeats=2
     )
     assert fixed["overhead_ms"] == pytest.approx(0.3, abs=0.1)
     assert torch.get_num_threads() == 2  # restored after the one-thread measurement
@@ -224,7 +243,7 @@ def test_memory_case_reads_a_known_allocation() -> None:
     with ThreadPoolExecutor(2) as pool:
         calibration, library = pool.map(
             lambda impl: benchmark.run_memory_case(
-                "softmax_eql", impl, size="full", counts="synthetic", threads=1
+                "softmax-eql", impl, size="full", counts="synthetic", threads=1
             ),
             ["alloc3", "a"],
         )

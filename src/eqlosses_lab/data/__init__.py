@@ -1,9 +1,8 @@
 """Data sets and long-tail sampling for the loss comparisons.
 
-Everything reads local files only: Fashion-MNIST from Debian's ``dataset-fashion-mnist``
-package, Omniglot from the project's ``shared/data/omniglot-small`` zips, CamVid from
-``shared/data/camvid-240x180``.  A missing data set
-raises :class:`DatasetNotFoundError` with a one-line fix.
+Everything reads local files only: Fashion-MNIST's IDX files, Omniglot's zips and the
+240x180 CamVid folder, found as :mod:`eqlosses_lab.locations` describes. A missing data
+set raises :class:`~eqlosses_lab.errors.DatasetNotFoundError` with a one-line fix.
 """
 
 from eqlosses_lab.data.camvid import (
@@ -19,10 +18,8 @@ from eqlosses_lab.data.canvases import (
     build_canvases,
     frequency_group,
 )
-from eqlosses_lab.data.errors import DatasetNotFoundError, WeightsNotFoundError
 from eqlosses_lab.data.fashion_mnist import (
     FASHION_MNIST_CLASSES,
-    FASHION_MNIST_DIR,
     FashionMNIST,
     load_fashion_mnist,
     read_idx,
@@ -41,16 +38,13 @@ __all__ = [
     "CAMVID_CLASSES",
     "CAMVID_IGNORE_INDEX",
     "FASHION_MNIST_CLASSES",
-    "FASHION_MNIST_DIR",
     "OMNIGLOT_ZIPS",
     "CamVid",
     "CanvasDataset",
     "CanvasSplit",
-    "DatasetNotFoundError",
     "FashionMNIST",
     "Omniglot",
     "OmniglotSplit",
-    "WeightsNotFoundError",
     "banded_longtail_counts",
     "build_canvases",
     "cache_path",

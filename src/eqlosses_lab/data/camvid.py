@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from eqlosses_lab.data.errors import DatasetNotFoundError
+from eqlosses_lab.locations import CAMVID
 
 CAMVID_CLASSES: tuple[str, ...] = (
     "Sky",
@@ -87,8 +87,8 @@ def load_camvid(root: str | Path, split: CamVidSplitName, limit: int | None = No
     """Read one split of the 240x180 CamVid folder.
 
     Args:
-        root: folder holding ``train.txt``, ``train/``, ``trainannot/`` ... (the project
-            keeps it in ``shared/data/camvid-240x180``).
+        root: folder holding ``train.txt``, ``train/``, ``trainannot/`` ... (see
+            :mod:`eqlosses_lab.locations`).
         split: ``'train'``, ``'val'`` or ``'test'``.
         limit: read only the first ``limit`` images of the split's list (tests).
 
@@ -98,7 +98,7 @@ def load_camvid(root: str | Path, split: CamVidSplitName, limit: int | None = No
             outside 0-11.
 
     Example:
-        >>> test = load_camvid("../shared/data/camvid-240x180", "test")  # doctest: +SKIP
+        >>> test = load_camvid("data/camvid-240x180", "test")  # doctest: +SKIP
         >>> test.images.shape, test.labels.shape  # doctest: +SKIP
         ((233, 180, 240, 3), (233, 180, 240))
     """
@@ -108,15 +108,11 @@ def load_camvid(root: str | Path, split: CamVidSplitName, limit: int | None = No
         raise ValueError(f"limit: expected a positive number of images or None, got {limit}")
     root = Path(root)
     listing = root / f"{split}.txt"
-    hint = (
-        "pass the folder of the 240x180 SegNet preparation of CamVid (the project keeps it "
-        "in shared/data/camvid-240x180) with --data-dir"
-    )
     if not listing.is_file():
-        raise DatasetNotFoundError(f"CamVid not found: no {listing}; {hint}")
+        raise CAMVID.missing(root, f"no {listing.name}")
     pairs = [line.split() for line in listing.read_text().splitlines() if line.strip()]
     if not pairs:
-        raise DatasetNotFoundError(f"CamVid incomplete: {listing} lists no image; {hint}")
+        raise CAMVID.missing(root, f"{listing.name} lists no image")
     if limit is not None:
         pairs = pairs[:limit]
     images, labels, names = [], [], []
@@ -126,7 +122,7 @@ def load_camvid(root: str | Path, split: CamVidSplitName, limit: int | None = No
         image_path, label_path = root / pair[0], root / pair[1]
         for path in (image_path, label_path):
             if not path.is_file():
-                raise DatasetNotFoundError(f"CamVid incomplete: {path} is missing; {hint}")
+                raise CAMVID.missing(root, f"{path} is missing")
         images.append(_read_png(image_path, "RGB"))
         label = _read_png(label_path, "L")
         if int(label.max()) > CAMVID_IGNORE_INDEX:

@@ -19,10 +19,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from eqlosses_lab.data.errors import DatasetNotFoundError
-
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-"""Where Debian's ``dataset-fashion-mnist`` package installs the IDX files."""
+from eqlosses_lab.locations import FASHION_MNIST
 
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
     "T-shirt/top",
@@ -121,11 +118,7 @@ def _find_idx(data_dir: Path, prefix: str, kind: str) -> Path:
             candidate = data_dir / name
             if candidate.is_file():
                 return candidate
-    raise DatasetNotFoundError(
-        f"Fashion-MNIST not found in {data_dir} (missing {prefix}-{kind}[.gz]): install it "
-        "with `apt-get install dataset-fashion-mnist` or pass --data-dir DIR holding the "
-        "IDX files"
-    )
+    raise FASHION_MNIST.missing(data_dir, f"no {prefix}-{kind}[.gz]")
 
 
 def load_fashion_mnist(
@@ -136,7 +129,9 @@ def load_fashion_mnist(
 
     Args:
         split: ``"train"`` or ``"test"`` (the ``t10k`` files).
-        data_dir: Folder holding the IDX files; defaults to :data:`FASHION_MNIST_DIR`.
+        data_dir: Folder holding the IDX files; by default the folder named by
+            ``EQLOSSES_FASHION_MNIST_DIR``, else ``/usr/share/datasets/fashion-mnist``
+            (see :mod:`eqlosses_lab.locations`).
 
     Raises:
         DatasetNotFoundError: if the folder or one of the two files is missing.
@@ -144,7 +139,7 @@ def load_fashion_mnist(
     """
     if split not in _PREFIX:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    root = Path(data_dir) if data_dir is not None else FASHION_MNIST_DIR
+    root = FASHION_MNIST.require(data_dir)
     prefix = _PREFIX[split]
     images_path = _find_idx(root, prefix, "images-idx3-ubyte")
     labels_path = _find_idx(root, prefix, "labels-idx1-ubyte")

@@ -28,8 +28,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from eqlosses_lab.data.errors import DatasetNotFoundError
 from eqlosses_lab.data.longtail import longtail_counts
+from eqlosses_lab.locations import OMNIGLOT
 
 OMNIGLOT_ZIPS: tuple[str, ...] = (
     "images_background_small1.zip",
@@ -66,13 +66,6 @@ class OmniglotSplit:
     test: npt.NDArray[np.int64]
 
 
-def _missing(root: Path, name: str) -> DatasetNotFoundError:
-    return DatasetNotFoundError(
-        f"Omniglot not found in {root} (missing {name}): pass the folder holding "
-        f"{' and '.join(OMNIGLOT_ZIPS)} (the project keeps them in shared/data/omniglot-small)"
-    )
-
-
 def _decode_png(data: bytes, where: str) -> npt.NDArray[np.uint8]:
     with Image.open(io.BytesIO(data)) as img:
         if img.size != (IMAGE_SIZE, IMAGE_SIZE):
@@ -88,7 +81,7 @@ def load_omniglot(
     """Load every drawing of every character from the Omniglot zip files.
 
     Args:
-        data_dir: Folder holding the zips (``shared/data/omniglot-small`` here).
+        data_dir: Folder holding the zips (see :mod:`eqlosses_lab.locations`).
         zip_names: Archives to read; characters present in several are loaded once.
 
     Raises:
@@ -102,7 +95,7 @@ def load_omniglot(
     for zip_name in zip_names:
         path = root / zip_name
         if not path.is_file():
-            raise _missing(root, zip_name)
+            raise OMNIGLOT.missing(root, f"no {zip_name}")
         try:
             archive = zipfile.ZipFile(path)
         except zipfile.BadZipFile as exc:

@@ -1,1 +1,2 @@
-"""Tasks the comparisons train: classification (and the commands that run them)."""
+"""The comparison tasks (classification, segmentation, detection), the loop that runs
+their (loss, seed) runs, and the ``eqlosses compare`` command."""

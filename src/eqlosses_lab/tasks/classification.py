@@ -17,31 +17,37 @@ fed the whole batch up to float rounding (the models hold no batch statistics).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+import eqlosses
 from eqlosses import StatisticsLoss
 
+from .. import report
 from ..data.fashion_mnist import load_fashion_mnist
 from ..data.features import cached_features
 from ..data.longtail import longtail_subset
 from ..data.omniglot import load_omniglot, omniglot_lt_split
-from ..metrics import group_accuracy
+from ..errors import SettingsError
+from ..metrics import class_groups, group_accuracy
 from ..models.efficientnet_lite import extract_features
 from ..models.small_cnn import SmallCNN, grayscale_batch
+from ..registry import CLASSIFICATION, LossContext
 from .distributed import Ranks
-from .losses import build_loss, predict_scores
-from .progress import EpochHook, epoch_iterator
+from .progress import EpochHook, epoch_iterator, tensorboard_hook
+from .runner import Record, TaskOutputs
+from .settings import Dataset, TrainConfig
 
-Dataset = Literal["fashion-mnist", "omniglot"]
-DATASETS: tuple[Dataset, ...] = ("fashion-mnist", "omniglot")
 # Omniglot glyphs are resized to this before the ImageNet extractor.
 OMNIGLOT_FEATURE_SIZE = 112
+METRICS = ("overall", "head", "middle", "tail", "many", "medium", "few")
 
 
 @dataclass
@@ -61,21 +67,6 @@ class ClassificationData:
     def train_counts(self) -> list[int]:
         counts = torch.bincount(self.train_labels, minlength=self.num_classes)
         return [int(c) for c in counts]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-
-
-DEFAULT_CONFIG: dict[Dataset, TrainConfig] = {
-    "fashion-mnist": TrainConfig(epochs=6, batch_size=128, lr=0.05),
-    "omniglot": TrainConfig(epochs=30, batch_size=128, lr=0.1),
-}
 
 
 class OmniglotSource:
@@ -111,11 +102,18 @@ class OmniglotSource:
         )
 
 
-def fashion_mnist_lt(
-    data_dir: Path | None, imbalance_ratio: float, seed: int
-) -> ClassificationData:
+def fashion_mnist_lt(data_dir: Path, imbalance_ratio: float, seed: int) -> ClassificationData:
+    """Fashion-MNIST-LT: the seeded long-tailed subset of the training split (the smallest
+    class's size as the head count), the whole test split."""
     train = load_fashion_mnist("train", data_dir)
     test = load_fashion_mnist("test", data_dir)
+    head = int(np.bincount(train.labels).min())
+    if imbalance_ratio > head:
+        raise SettingsError(
+            f"--imbalance-ratio: expected at most {head} (the head class keeps {head} "
+            f"training images, so a larger ratio leaves the tail class none), got "
+            f"{imbalance_ratio:g}"
+        )
     keep = torch.as_tensor(longtail_subset(train.labels, imbalance_ratio, seed=seed))
     return ClassificationData(
         "fashion-mnist",
@@ -133,6 +131,15 @@ def build_model(data: ClassificationData) -> nn.Module:
     return nn.Linear(data.train_inputs.shape[1], data.num_classes)
 
 
+def predict_scores(loss: nn.Module, logits: Tensor) -> Tensor:
+    """Class scores the way the loss's method scores at test time."""
+    predict = getattr(loss, "predict", None)
+    if predict is None:
+        return torch.softmax(logits, dim=-1)
+    scores: Tensor = predict(logits)
+    return scores
+
+
 def _sum_gradients(model: nn.Module) -> None:
     for param in model.parameters():
         if param.grad is not None:
@@ -148,11 +155,11 @@ def train_one(
     *,
     on_epoch: EpochHook | None = None,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> Record:
     """Train one model with one loss and evaluate it; returns the run's record."""
     torch.manual_seed(seed)
     model = build_model(data)
-    loss_fn = build_loss(loss_name, data.train_counts, seed)
+    loss_fn = CLASSIFICATION.build(loss_name, LossContext(data.train_counts, seed=seed))
     params = list(model.parameters())
     optimizer = torch.optim.SGD(
         params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
@@ -207,3 +214,102 @@ def train_one(
         "grad_ratio_history": history or None,
         "seconds": time.perf_counter() - started,
     }
+
+
+class ClassificationTask:
+    """``eqlosses compare --task classification``: the runs of one data set (see
+    :class:`~eqlosses_lab.tasks.runner.Task`)."""
+
+    name = "classification"
+    metrics = METRICS
+    baseline = CLASSIFICATION.baseline
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        data_dir: Path,
+        imbalance_ratio: float | None,
+        config: TrainConfig,
+        *,
+        ranks: Ranks,
+        threads: int,
+        cache_dir: Path,
+        log_dir: Path | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.dataset = dataset
+        self.data_dir = data_dir
+        self.imbalance_ratio = imbalance_ratio
+        self.config = config
+        self.ranks = ranks
+        self.threads = threads
+        self.cache_dir = cache_dir
+        self.log_dir = log_dir
+        self.progress = progress
+        self._omniglot: OmniglotSource | None = None
+        self._data: ClassificationData | None = None
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "task": self.name,
+            "dataset": self.dataset,
+            "data_dir": str(self.data_dir.resolve()),
+            "imbalance_ratio": self.imbalance_ratio,
+            **asdict(self.config),
+            "threads": self.threads,
+            "world_size": self.ranks.world_size,
+            "torch_version": torch.__version__,
+            "eqlosses_version": eqlosses.__version__,
+        }
+
+    def prepare(self, seed: int) -> None:
+        if self.dataset == "fashion-mnist":
+            assert self.imbalance_ratio is not None
+            self._data = fashion_mnist_lt(self.data_dir, self.imbalance_ratio, seed)
+            return
+        if self._omniglot is None:
+            self._omniglot = OmniglotSource(self.data_dir, self.cache_dir)
+        self._data = self._omniglot.split(seed)
+
+    def train(self, loss: str, seed: int, record_path: Path) -> Record:
+        data = self._data
+        assert data is not None, "prepare(seed) comes first"
+        hook, writer = None, None
+        if self.log_dir is not None and self.ranks.is_main:
+            groups = class_groups(data.train_counts)
+            hook, writer = tensorboard_hook(
+                self.log_dir,
+                f"{loss}__seed{seed}",
+                {name: groups[name] for name in ("head", "middle", "tail")},
+            )
+        try:
+            return train_one(
+                data, loss, seed, self.config, self.ranks, on_epoch=hook, progress=self.progress
+            )
+        finally:
+            if writer is not None:
+                writer.close()
+
+    def reuse(self, record: Record, record_path: Path) -> Record:
+        return record
+
+    def describe(self, record: Record) -> str:
+        metrics = record["metrics"]
+        return f"overall {metrics['overall']:.3f} tail {metrics['tail']:.3f}"
+
+    def write_outputs(
+        self, out: Path, runs: Sequence[Record], losses: Sequence[str], seeds: Sequence[int]
+    ) -> TaskOutputs:
+        report.plot_per_class(
+            runs,
+            losses,
+            out / "per_class_accuracy.png",
+            ylabel="test accuracy",
+            xlabel="training images of the class",
+        )
+        files = ["per_class_accuracy.png"]
+        if report.plot_grad_ratio(
+            runs, out / "grad_ratio.png", size_label="training images of the class"
+        ):
+            files.append("grad_ratio.png")
+        return TaskOutputs(files=files)

@@ -1,197 +1,334 @@
-"""``eqlosses compare``: one model per (loss, seed), then tables and plots.
+"""``eqlosses compare``: one model per (loss, seed) on a long-tailed task, then tables,
+pictures and verdicts (:mod:`eqlosses_lab.tasks.runner` runs them).
 
-Every finished run is saved as ``runs/<loss>__seed<k>.json`` in the output folder; a
-rerun into the same folder skips it, so a long comparison survives interruption.
+The options are built from modules that need torch alone, so ``eqlosses compare --help``
+works without the lab extra; a task's own modules (numpy, PIL, matplotlib, ...) are
+imported when the command runs. Every value is checked as it is parsed; options that do
+not fit the chosen task are refused before anything is loaded or written.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
+import shlex
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
-from .. import report
-from ..metrics import class_groups
-from . import detection
-from .classification import (
-    DATASETS,
-    DEFAULT_CONFIG,
-    OmniglotSource,
-    fashion_mnist_lt,
-    train_one,
+from ..arguments import (
+    Distinct,
+    imbalance_ratio,
+    non_negative_int,
+    output_folder,
+    positive_float,
+    positive_int,
+)
+from ..errors import SettingsError
+from ..locations import CAMVID, FASHION_MNIST, OMNIGLOT
+from ..registry import (
+    CLASSIFICATION,
+    ONE_STAGE,
+    SEGMENTATION,
+    TWO_STAGE,
+    ComparisonLosses,
+    DenseLoss,
+    RoILoss,
+    comparison_losses,
+    comparison_losses_help,
 )
 from .distributed import Ranks, init_from_environment, shutdown
-from .losses import BASELINE, LOSSES
-from .progress import run_path, tensorboard_hook
-from .segmentation import DEFAULT_CAMVID_DIR, SEGMENTATION_LOSSES, run_segmentation
+from .settings import (
+    CANVAS_PRESETS,
+    CENTER_RADIUS,
+    CLASSIFICATION_CONFIG,
+    DATASETS,
+    DETECTION_CONFIG,
+    DETECTORS,
+    IMBALANCE_RATIO,
+    TASKS,
+    SegmentationConfig,
+)
 
-DEFAULT_OMNIGLOT_DIR = Path("../shared/data/omniglot-small")
-METRICS = ("overall", "head", "middle", "tail", "many", "medium", "few")
-TASKS = ("classification", "segmentation", "detection")
+if TYPE_CHECKING:
+    from .runner import Task
+
+# Which task (or detector) each task-specific option belongs to; given for another, it
+# would be ignored, so it is refused.
+TASK_OPTIONS: dict[str, tuple[str, ...]] = {
+    "dataset": ("classification",),
+    "imbalance_ratio": ("classification",),
+    "limit_images": ("segmentation",),
+    "log_dir": ("classification", "segmentation"),
+    "detector": ("detection",),
+    "canvas_preset": ("detection",),
+    "canvases": ("detection",),
+    "center_radius": ("one-stage",),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``eqlosses compare``."""
     parser.add_argument(
         "--task",
         choices=TASKS,
         default="classification",
-        help="classification (--dataset), segmentation (CamVid) or detection (--detector)",
+        help="classification (--dataset), segmentation (CamVid) or detection (--detector); "
+        "default classification",
     )
-    parser.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
     parser.add_argument(
-        "--imbalance-ratio", type=float, default=100.0, help="ρ of Fashion-MNIST-LT (10, 50, 100)"
+        "--dataset",
+        choices=DATASETS,
+        help="classification: Fashion-MNIST-LT (a small CNN) or Omniglot-LT (a linear head on "
+        "cached features); default fashion-mnist",
+    )
+    parser.add_argument(
+        "--imbalance-ratio",
+        type=imbalance_ratio,
+        metavar="RHO",
+        help=f"classification on fashion-mnist: head over tail class count (default "
+        f"{IMBALANCE_RATIO:g})",
     )
     parser.add_argument(
         "--losses",
         nargs="+",
-        choices=tuple(
-            dict.fromkeys(
-                [
-                    *LOSSES,
-                    *SEGMENTATION_LOSSES,
-                    *detection.ONE_STAGE_LOSSES,
-                    *detection.TWO_STAGE_LOSSES,
-                ]
-            )
-        ),
+        choices=comparison_losses(),
+        action=Distinct,
         metavar="LOSS",
-        help=f"losses to compare (default: all of the task's; classification: "
-        f"{', '.join(LOSSES)}; segmentation: {', '.join(SEGMENTATION_LOSSES)}; detection: "
-        f"one-stage {', '.join(detection.ONE_STAGE_LOSSES)}, two-stage "
-        f"{', '.join(detection.TWO_STAGE_LOSSES)})",
+        help=f"losses to compare (default: all of the task's): {comparison_losses_help()}",
     )
-    parser.add_argument("--epochs", type=int, help="training epochs (default per data set)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    defaults = ", ".join(
+        [
+            *(f"{name} {config.epochs}" for name, config in CLASSIFICATION_CONFIG.items()),
+            f"segmentation {SegmentationConfig.epochs}",
+            *(f"{name} {config.epochs}" for name, config in DETECTION_CONFIG.items()),
+        ]
+    )
+    parser.add_argument(
+        "--epochs", type=positive_int, help=f"training epochs (default: {defaults})"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=non_negative_int,
+        nargs="+",
+        action=Distinct,
+        default=[0, 1, 2],
+        help="one run per loss and seed (default 0 1 2)",
+    )
+    parser.add_argument(
+        "--out",
+        type=output_folder,
+        help="output folder; a rerun into it resumes (default: runs/classification-"
+        "fashion-mnist, runs/classification-omniglot, runs/segmentation-camvid, "
+        "runs/detection-one-stage or runs/detection-two-stage)",
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, default=2, help="torch intra-op threads (default 2)"
+    )
     parser.add_argument(
         "--data-dir",
         type=Path,
-        help="Fashion-MNIST IDX folder (default /usr/share/datasets/fashion-mnist), the "
-        f"Omniglot zip folder (default {DEFAULT_OMNIGLOT_DIR}) or the CamVid folder "
-        f"(default {DEFAULT_CAMVID_DIR})",
+        help=f"the data set's folder: Fashion-MNIST's IDX files (else ${FASHION_MNIST.variable}, "
+        f"else {FASHION_MNIST.default}), the Omniglot zips (else ${OMNIGLOT.variable}; also "
+        f"for detection) or CamVid 240x180 (else ${CAMVID.variable})",
     )
     parser.add_argument(
         "--limit-images",
-        type=int,
+        type=positive_int,
+        metavar="N",
         help="segmentation: use only the first N images of each split (quick checks)",
     )
-    parser.add_argument("--cache-dir", type=Path, help="feature cache (default OUT/cache)")
-    parser.add_argument("--log-dir", type=Path, help="also write TensorBoard scalars here")
+    parser.add_argument("--cache-dir", type=output_folder, help="feature cache (default OUT/cache)")
+    parser.add_argument(
+        "--log-dir",
+        type=output_folder,
+        help="classification, segmentation: also write TensorBoard scalars here",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    # detection: its own options (tasks/detection.py)
-    detection.add_arguments(parser)
+    parser.add_argument(
+        "--detector",
+        choices=DETECTORS,
+        help="detection: the FCOS-like one-stage detector or the two-stage one (default one-stage)",
+    )
+    parser.add_argument(
+        "--canvas-preset",
+        choices=tuple(CANVAS_PRESETS),
+        help="detection: the Omniglot-Det canvases ('tiny' is a smoke test; default full)",
+    )
+    parser.add_argument(
+        "--center-radius",
+        type=positive_float,
+        help="one-stage detection: the centre-sampling radius in strides (default "
+        f"{CENTER_RADIUS}; smaller means fewer positive locations)",
+    )
+    parser.add_argument(
+        "--canvases",
+        type=positive_int,
+        nargs=2,
+        metavar=("TRAIN", "TEST"),
+        help="detection: number of training and test canvases (default 2500 500)",
+    )
+
+
+def _scope(args: argparse.Namespace) -> tuple[str, ...]:
+    """The task, and for detection its detector: what task-specific options belong to."""
+    if args.task == "detection":
+        return ("detection", args.detector or DETECTORS[0])
+    return (args.task,)
+
+
+def _check_options(args: argparse.Namespace, world_size: int) -> None:
+    scope = _scope(args)
+    for option, owners in TASK_OPTIONS.items():
+        if getattr(args, option) is not None and not set(owners) & set(scope):
+            flag = "--" + option.replace("_", "-")
+            raise SettingsError(
+                f"{flag}: only for {' or '.join(owners)}, got it with {' '.join(scope)}"
+            )
+    if args.imbalance_ratio is not None and args.dataset == "omniglot":
+        raise SettingsError("--imbalance-ratio: only for fashion-mnist (Omniglot-LT is fixed)")
+    if world_size > 1 and args.task != "classification":
+        raise SettingsError(
+            f"torchrun: only the classification task runs distributed, got --task {args.task}"
+        )
+    table = _losses(args)
+    unknown = [loss for loss in args.losses or () if loss not in table.names]
+    if unknown:
+        raise SettingsError(
+            f"--losses: {' '.join(scope)} takes {', '.join(table.names)}, got {', '.join(unknown)}"
+        )
+
+
+def _losses(
+    args: argparse.Namespace,
+) -> ComparisonLosses[nn.Module] | ComparisonLosses[DenseLoss] | ComparisonLosses[RoILoss]:
+    """The registry's table of the chosen task (and detector)."""
+    if args.task == "classification":
+        return CLASSIFICATION
+    if args.task == "segmentation":
+        return SEGMENTATION
+    return ONE_STAGE if (args.detector or DETECTORS[0]) == "one-stage" else TWO_STAGE
+
+
+def default_output(args: argparse.Namespace) -> Path:
+    """Each comparison's own folder under ``runs/``: comparisons of different tasks or
+    data sets never share one."""
+    variant = {
+        "classification": args.dataset or DATASETS[0],
+        "segmentation": "camvid",
+        "detection": args.detector or DETECTORS[0],
+    }[args.task]
+    return Path("runs", f"{args.task}-{variant}")
 
 
 def run(args: argparse.Namespace) -> int:
+    """``eqlosses compare``; returns the exit code."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    _check_options(args, world_size)
+    losses: list[str] = list(args.losses or _losses(args).names)
+    seeds: list[int] = list(args.seeds)
+    out: Path = args.out or default_output(args)
     torch.set_num_threads(args.threads)
-    if args.task != "classification" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        print(
-            f"eqlosses compare: torchrun: only the classification task runs distributed, "
-            f"got --task {args.task}",
-            file=sys.stderr,
-        )
-        return 2
-    if args.task == "segmentation":
-        return run_segmentation(args)
-    if args.task == "detection":
-        return detection.run_comparison(args)
-    unknown = [loss for loss in args.losses or () if loss not in LOSSES]
-    if unknown:
-        print(
-            f"eqlosses compare: --losses: expected classification losses among "
-            f"{', '.join(LOSSES)}, got {', '.join(unknown)}",
-            file=sys.stderr,
-        )
-        return 2
-    args.losses = args.losses or list(LOSSES)
+    # the runner and the tasks need the lab extra: imported now, not when parsing
+    from .runner import compare
+
     ranks = init_from_environment()
     try:
-        return _compare(args, ranks)
+        if args.task == "classification":
+            task, words = _classification(args, out, ranks)
+        elif args.task == "segmentation":
+            task, words = _segmentation(args, out)
+        else:
+            task, words = _detection(args, out)
+        words += ["--losses", *losses, "--seeds", *map(str, seeds)]
+        words += ["--threads", str(args.threads), "--out", str(out)]
+        launcher = ["eqlosses"]
+        if ranks.world_size > 1:
+            launcher = ["torchrun", f"--nproc_per_node={ranks.world_size}", "-m", "eqlosses"]
+        command = shlex.join([*launcher, "compare", *words])
+        return compare(task, losses, seeds, out, command, is_main=ranks.is_main)
     finally:
         shutdown()
 
 
-def _compare(args: argparse.Namespace, ranks: Ranks) -> int:
-    out: Path = args.out
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    base = DEFAULT_CONFIG[args.dataset]
+def _classification(args: argparse.Namespace, out: Path, ranks: Ranks) -> tuple[Task, list[str]]:
+    from .classification import ClassificationTask
+
+    dataset = args.dataset or DATASETS[0]
+    ratio = None
+    if dataset == "fashion-mnist":
+        data_dir = FASHION_MNIST.require(args.data_dir)
+        ratio = args.imbalance_ratio if args.imbalance_ratio is not None else IMBALANCE_RATIO
+    else:
+        data_dir = OMNIGLOT.require(args.data_dir)
+    base = CLASSIFICATION_CONFIG[dataset]
     config = replace(base, epochs=args.epochs or base.epochs)
-    omniglot: OmniglotSource | None = None
-    if args.dataset == "omniglot":
-        omniglot = OmniglotSource(
-            args.data_dir or DEFAULT_OMNIGLOT_DIR, args.cache_dir or out / "cache"
-        )
-
-    runs: list[dict[str, Any]] = []
-    for seed in args.seeds:
-        pending = [loss for loss in args.losses if not run_path(out, loss, seed).exists()]
-        for loss in args.losses:
-            if loss not in pending:
-                runs.append(json.loads(run_path(out, loss, seed).read_text()))
-        if not pending:
-            continue
-        if omniglot is not None:
-            data = omniglot.split(seed)
-        else:
-            data = fashion_mnist_lt(args.data_dir, args.imbalance_ratio, seed)
-        for loss in pending:
-            hook, writer = (None, None)
-            if args.log_dir is not None and ranks.is_main:
-                groups = class_groups(data.train_counts)
-                hook, writer = tensorboard_hook(
-                    args.log_dir,
-                    f"{loss}__seed{seed}",
-                    {name: groups[name] for name in ("head", "middle", "tail")},
-                )
-            record = train_one(
-                data, loss, seed, config, ranks, on_epoch=hook, progress=not args.no_progress
-            )
-            if writer is not None:
-                writer.close()
-            if ranks.is_main:
-                run_path(out, loss, seed).write_text(json.dumps(record))
-                print(
-                    f"{loss:>16} seed {seed}: overall {record['metrics']['overall']:.3f} "
-                    f"tail {record['metrics']['tail']:.3f} ({record['seconds']:.0f} s)",
-                    flush=True,
-                )
-            runs.append(record)
-
-    if not ranks.is_main:
-        return 0
-    table = report.markdown_table(runs, args.losses, METRICS, BASELINE)
-    payload = {
-        "config": {
-            "dataset": args.dataset,
-            "imbalance_ratio": args.imbalance_ratio if args.dataset == "fashion-mnist" else None,
-            "epochs": config.epochs,
-            "batch_size": config.batch_size,
-            "lr": config.lr,
-            "seeds": args.seeds,
-            "losses": args.losses,
-            "world_size": ranks.world_size,
-        },
-        "summary": report.summarise(runs, args.losses, METRICS),
-        "runs": runs,
-    }
-    report.write_results(out, payload)
-    (out / "results.md").write_text(table)
-    report.plot_per_class(
-        runs,
-        args.losses,
-        out / "per_class_accuracy.png",
-        ylabel="test accuracy",
-        xlabel="training images of the class",
+    task = ClassificationTask(
+        dataset,
+        data_dir,
+        ratio,
+        config,
+        ranks=ranks,
+        threads=args.threads,
+        cache_dir=args.cache_dir or out / "cache",
+        log_dir=args.log_dir,
+        progress=not args.no_progress,
     )
-    report.plot_grad_ratio(runs, out / "grad_ratio.png")
-    print()
-    print(table)
-    print(f"results in {out}/ (results.json, results.md, per_class_accuracy.png, grad_ratio.png)")
-    return 0
+    words = ["--task", "classification", "--dataset", dataset]
+    if ratio is not None:
+        words += ["--imbalance-ratio", str(ratio)]
+    words += ["--epochs", str(config.epochs), "--data-dir", str(data_dir.resolve())]
+    return task, words
+
+
+def _segmentation(args: argparse.Namespace, out: Path) -> tuple[Task, list[str]]:
+    from .segmentation import SegmentationTask
+
+    data_dir = CAMVID.require(args.data_dir)
+    config = SegmentationConfig(epochs=args.epochs or SegmentationConfig.epochs)
+    task = SegmentationTask(
+        data_dir,
+        args.limit_images,
+        config,
+        threads=args.threads,
+        cache_dir=args.cache_dir or out / "cache",
+        log_dir=args.log_dir,
+        progress=not args.no_progress,
+    )
+    words = ["--task", "segmentation"]
+    if args.limit_images is not None:
+        words += ["--limit-images", str(args.limit_images)]
+    words += ["--epochs", str(config.epochs), "--data-dir", str(data_dir.resolve())]
+    return task, words
+
+
+def _detection(args: argparse.Namespace, out: Path) -> tuple[Task, list[str]]:
+    from .detection import DetectionTask
+
+    detector = args.detector or DETECTORS[0]
+    data_dir = OMNIGLOT.require(args.data_dir)
+    base = DETECTION_CONFIG[detector]
+    config = replace(base, epochs=args.epochs or base.epochs)
+    preset = args.canvas_preset or "full"
+    center_radius = args.center_radius if args.center_radius is not None else CENTER_RADIUS
+    task = DetectionTask(
+        detector,
+        data_dir,
+        config,
+        canvas_preset=preset,
+        canvas_counts=tuple(args.canvases) if args.canvases else None,
+        center_radius=center_radius,
+        threads=args.threads,
+        cache_dir=args.cache_dir or out / "cache",
+        progress=not args.no_progress,
+    )
+    words = ["--task", "detection", "--detector", detector, "--canvas-preset", preset]
+    if args.canvases:
+        words += ["--canvases", *map(str, args.canvases)]
+    if detector == "one-stage":
+        words += ["--center-radius", str(center_radius)]
+    words += ["--epochs", str(config.epochs), "--data-dir", str(data_dir.resolve())]
+    return task, words

@@ -15,33 +15,13 @@ head on RoIAlign features of strides 8, 16 and 32.
   the :class:`~eqlosses_lab.models.detectors.RoIHead` is trained per loss, on RoIs sampled
   afresh every epoch.
 
-Column layouts (``C`` foreground classes, background label ``C``):
-
-========================  ==========================================================
-one-stage, every loss     ``C`` sigmoid columns; background rows all zero
-``ce``                    ``C + 1`` softmax, background last; score: softmax, bg dropped
-``bce``                   ``C`` sigmoid columns, background rows all zero; score ``σ``
-``eql``                   as ``bce``; rare classes (LVIS 'r' group) lose their negative
-                          gradients on foreground RoIs
-``sigmoid-eql``           ``C + 1``: background column in the loss, out of the
-                          statistics; score ``σ(z_c) (1 - σ(z_bg))``
-``seesaw``                ``C + 2`` (mmdetection): Seesaw softmax over the ``C`` class
-                          columns on foreground RoIs + a 2-way objectness softmax on
-                          all; score ``softmax_c · p(fg)``
-``federated``             ``C + 1``: background column dropped, sigmoid BCE on the batch's
-                          classes plus sampled ones; score ``σ`` of the ``C`` columns
-========================  ==========================================================
-
-Every sigmoid head (one-stage, ``bce``, ``eql``, ``sigmoid-eql``, ``federated``) starts
-its class columns at ``σ = 0.01``; the softmax heads (``ce``, ``seesaw``) at bias 0.
+The loss of each name, with its column layout and test-time scores, comes from
+:mod:`eqlosses_lab.registry` (``one-stage`` and ``two-stage``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -49,19 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eqlosses import (
-    EQL,
-    EqualizedFocalLoss,
-    EqualizedQualityFocalLoss,
-    FederatedLoss,
-    FocalLoss,
-    SeesawLoss,
-    SigmoidEQL,
-    StatisticsLoss,
-)
+import eqlosses
+from eqlosses import StatisticsLoss
 
 from .. import report
 from ..models.boxes import (
@@ -87,53 +58,20 @@ from ..models.detectors import (
     roi_detections,
     sample_rois,
 )
-from .progress import EpochHook, epoch_iterator, run_path
+from ..registry import ONE_STAGE, SIGMOID_PRIOR, TWO_STAGE, DenseLoss, LossContext
+from .progress import EpochHook, epoch_iterator
+from .runner import Record, TaskOutputs
+from .settings import (
+    CANVAS_PRESETS,
+    CENTER_RADIUS,
+    DETECTION_CONFIG,
+    DetectionConfig,
+    Detector,
+    TwoStageConfig,
+)
 
-DETECTORS = ("one-stage", "two-stage")
-ONE_STAGE_LOSSES = ("focal", "efl", "qfl", "eqfl", "sigmoid-eql")
-TWO_STAGE_LOSSES = ("ce", "bce", "eql", "sigmoid-eql", "seesaw", "federated")
-LOSSES_BY_DETECTOR = {"one-stage": ONE_STAGE_LOSSES, "two-stage": TWO_STAGE_LOSSES}
-BASELINES = {"one-stage": "focal", "two-stage": "ce"}
 METRICS = ("AP", "AP50", "AP75", "APr", "APc", "APf")
 GROUPS = ("r", "c", "f")
-# FCOS centre sampling: positives within this many strides of a box centre.
-CENTER_RADIUS = 1.5
-
-
-@dataclass(frozen=True)
-class DetectionConfig:
-    """Training of one head: epochs, images per step, SGD with warm-up and cosine decay."""
-
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    warmup_steps: int = 50
-
-
-@dataclass(frozen=True)
-class TwoStageConfig:
-    """Proposal network and RoI sampling of the two-stage detector."""
-
-    proposal_epochs: int = 6
-    proposals_per_image: int = 64
-    proposal_nms: float = 0.7
-    rois_per_image: int = 32
-    foreground_fraction: float = 0.25
-    foreground_iou: float = 0.5
-    # RoIAlign output per level (strides 8, 16, 32): 40·9 + 112·9 + 320·1 = 1688 values
-    pool_sizes: tuple[int, ...] = (3, 3, 1)
-    # CenterNet2 samples 50 of LVIS's 1203 classes; scaled to a small C it would be a
-    # handful, so the federated loss keeps this share of the classes, at least 8.
-    federated_share: float = 50 / 1203
-    federated_min_classes: int = 8
-
-
-DEFAULT_CONFIG = {
-    "one-stage": DetectionConfig(epochs=8, batch_size=16, lr=0.05),
-    "two-stage": DetectionConfig(epochs=6, batch_size=16, lr=0.05),
-}
 
 
 @dataclass
@@ -278,25 +216,6 @@ def _record(
 # ---------------------------------------------------------------------- one-stage
 
 
-def build_dense_loss(name: str, num_classes: int) -> nn.Module:
-    """The one-stage classification losses, paper defaults; all normalised by the caller."""
-    if name == "focal":
-        return FocalLoss(num_classes)
-    if name == "efl":
-        return EqualizedFocalLoss(num_classes)
-    if name == "eqfl":
-        return EqualizedQualityFocalLoss(num_classes)
-    if name == "qfl":
-        # the quality focal loss itself: EQFL with s = 0 has γ_j = γ_b and w_j = 1 for
-        # every class, so it separates the quality target's effect from equalization's
-        return EqualizedQualityFocalLoss(num_classes, scale=0.0)
-    if name == "sigmoid-eql":
-        # summed here, divided by the positives by the caller like the others
-        return SigmoidEQL(num_classes, reduction="sum")
-    known = ", ".join(ONE_STAGE_LOSSES)
-    raise ValueError(f"loss: expected one of {known} for the one-stage detector, got {name!r}")
-
-
 @dataclass
 class DenseTargets:
     """FCOS targets of the training canvases: labels ``(N, P)`` and boxes ``(N, P, 4)``."""
@@ -332,8 +251,7 @@ def dense_targets(
 
 def _dense_step(
     model: DenseHead,
-    loss_fn: nn.Module,
-    loss_name: str,
+    dense: DenseLoss,
     maps: list[Tensor],
     labels: Tensor,
     target_boxes: Tensor,
@@ -351,16 +269,11 @@ def _dense_step(
     predicted = decode_ltrb(points[location], distances[positive], strides[location])
     goal = target_boxes[positive]
     box_loss = (1.0 - elementwise_generalized_box_iou(predicted, goal)).sum() / num_pos
-    cls_loss: Tensor
-    if loss_name in ("qfl", "eqfl"):
+    quality = None
+    if dense.takes_quality:
         quality = torch.zeros(labels.shape, dtype=logits.dtype)
         quality[positive] = elementwise_box_iou(predicted.detach(), goal).clamp_min(0.0)
-        cls_loss = loss_fn(logits, labels, quality, avg_factor=num_pos)
-    elif loss_name == "sigmoid-eql":
-        cls_loss = loss_fn(logits, labels) / num_pos
-    else:
-        cls_loss = loss_fn(logits, labels, avg_factor=num_pos)
-    return cls_loss, box_loss
+    return dense.loss(logits, labels, quality, num_pos), box_loss
 
 
 def _dense_predict(
@@ -399,19 +312,21 @@ def _location_strides(data: DetectionData) -> Tensor:
 def train_dense(
     data: DetectionData,
     targets: DenseTargets,
-    num_classes: int,
+    class_counts: Sequence[int],
     loss_name: str,
     seed: int,
     config: DetectionConfig,
     *,
     on_epoch: EpochHook | None = None,
     progress: bool = False,
-) -> tuple[DenseHead, nn.Module, list[list[float]], list[float]]:
-    """Train a dense head on the training canvases; returns it, its loss, the per-epoch
-    ``g`` history (statistics losses) and the seconds of each epoch."""
+) -> tuple[DenseHead, DenseLoss, list[list[float]], list[float]]:
+    """Train a dense head for ``len(class_counts)`` classes on the training canvases;
+    returns it, its loss, the per-epoch ``g`` history (statistics losses) and the seconds
+    of each epoch."""
     torch.manual_seed(seed)
-    model = DenseHead(num_classes)
-    loss_fn = build_dense_loss(loss_name, num_classes)
+    model = DenseHead(len(class_counts))
+    dense = ONE_STAGE.build(loss_name, LossContext(class_counts, seed=seed))
+    loss_fn = dense.module
     num_train = data.train.numel()
     steps = config.epochs * -(-num_train // config.batch_size)
     optimizer, scheduler = _optimizer(list(model.parameters()), config, steps)
@@ -430,8 +345,7 @@ def train_dense(
         for batch in torch.split(order, config.batch_size):
             cls_loss, box_loss = _dense_step(
                 model,
-                loss_fn,
-                loss_name,
+                dense,
                 data.maps(data.train[batch]),
                 targets.labels[batch],
                 targets.boxes[batch],
@@ -452,7 +366,7 @@ def train_dense(
             on_epoch(epoch, total / max(steps_done, 1), loss_fn)
         if hasattr(epochs, "set_postfix"):
             epochs.set_postfix(loss=f"{total / max(steps_done, 1):.3f}")
-    return model, loss_fn, history, epoch_seconds
+    return model, dense, history, epoch_seconds
 
 
 def run_one_stage(
@@ -468,18 +382,17 @@ def run_one_stage(
 ) -> dict[str, Any]:
     """Train and evaluate one one-stage detector; returns the run's record."""
     started = time.perf_counter()
-    model, loss_fn, history, epoch_seconds = train_dense(
+    model, dense, history, epoch_seconds = train_dense(
         data,
         targets,
-        data.num_classes,
+        data.image_counts,
         loss_name,
         seed,
         config,
         on_epoch=on_epoch,
         progress=progress,
     )
-    predict = getattr(loss_fn, "predict")  # noqa: B009 - every dense loss has one
-    results = _dense_predict(model, predict, data, data.test, config.batch_size)
+    results = _dense_predict(model, dense.scores, data, data.test, config.batch_size)
     detections: list[dict[str, Any]] = []
     examples: list[dict[str, Any]] = []
     for canvas, boxes, scores, labels in results:
@@ -537,8 +450,9 @@ def build_roi_cache(
 
     def propose() -> Tensor:
         targets = dense_targets(data, data.train, class_agnostic=True)
+        # one class, "object", on every training canvas
         model, _, _, _ = train_dense(
-            data, targets, 1, "focal", 0, proposal_config, progress=progress
+            data, targets, [data.train.numel()], "focal", 0, proposal_config, progress=progress
         )
         everything = torch.arange(len(data.boxes))
         results = _dense_predict(
@@ -591,80 +505,6 @@ def build_roi_cache(
     return RoICache(rois, features, offsets, hit / max(total, 1))
 
 
-# A sigmoid head starts every class at this probability, as RetinaNet/FCOS heads (and
-# CenterNet2's federated-loss RoI head) do: at bias 0 each RoI would push all C columns
-# down from σ = 0.5 at once, and the first steps would drown the positives.
-SIGMOID_PRIOR = 0.01
-
-
-@dataclass
-class RoILoss:
-    """One two-stage classification loss: its module, column count, scoring and the
-    initial probability of its class columns (``None``: bias 0, a softmax head)."""
-
-    module: nn.Module
-    columns: int
-    loss: Callable[[Tensor, Tensor], Tensor]
-    scores: Callable[[Tensor], Tensor]
-    prior_prob: float | None = None
-
-
-def build_roi_loss(name: str, data: DetectionData, two_stage: TwoStageConfig, seed: int) -> RoILoss:
-    """The two-stage losses with their column layouts (see the module docstring)."""
-    c = data.num_classes
-    if name == "ce":
-        ce = nn.CrossEntropyLoss()
-        return RoILoss(ce, c + 1, ce, lambda z: torch.softmax(z, dim=1)[:, :c])
-    if name == "bce":
-        identity = nn.Identity()
-
-        def bce(logits: Tensor, labels: Tensor) -> Tensor:
-            target = F.one_hot(labels, c + 1)[:, :c].to(logits.dtype)
-            summed = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
-            return summed / max(labels.shape[0], 1)
-
-        return RoILoss(identity, c, bce, torch.sigmoid, SIGMOID_PRIOR)
-    if name == "eql":
-        num_images = data.train.numel()
-        rare = [n for n, g in zip(data.image_counts, data.groups, strict=True) if g == "r"]
-        # λ just above the most frequent 'r' class: the rare classes are LVIS's 'r' group
-        threshold = (max(rare, default=0) + 0.5) / num_images
-        eql = EQL(data.image_counts, num_images, threshold, activation="sigmoid")
-        return RoILoss(eql, c, eql, eql.predict, SIGMOID_PRIOR)
-    if name == "sigmoid-eql":
-        eqlv2 = SigmoidEQL(c, objectness=True)
-        return RoILoss(eqlv2, c + 1, eqlv2, eqlv2.predict, SIGMOID_PRIOR)
-    if name == "seesaw":
-        seesaw = SeesawLoss(c, reduction="sum")
-
-        def seesaw_layout(logits: Tensor, labels: Tensor) -> Tensor:
-            # mmdetection's layout: Seesaw over the C class columns on foreground RoIs,
-            # a 2-way objectness softmax (column C = foreground) on every RoI
-            foreground = labels < c
-            count = max(labels.shape[0], 1)
-            objectness = F.cross_entropy(logits[:, c:], (~foreground).long())
-            if not bool(foreground.any()):
-                return objectness + logits[:, :c].sum() * 0.0
-            classes: Tensor = seesaw(logits[foreground, :c], labels[foreground]) / count
-            return classes + objectness
-
-        def seesaw_scores(logits: Tensor) -> Tensor:
-            foreground = torch.softmax(logits[:, c:], dim=1)[:, :1]
-            return torch.softmax(logits[:, :c], dim=1) * foreground
-
-        return RoILoss(seesaw, c + 2, seesaw_layout, seesaw_scores)
-    if name == "federated":
-        sampled = max(two_stage.federated_min_classes, round(two_stage.federated_share * c))
-        federated = FederatedLoss(
-            data.image_counts,
-            num_sample_classes=min(sampled, c),
-            generator=torch.Generator().manual_seed(seed),
-        )
-        return RoILoss(federated, c + 1, federated, federated.predict, SIGMOID_PRIOR)
-    known = ", ".join(TWO_STAGE_LOSSES)
-    raise ValueError(f"loss: expected one of {known} for the two-stage detector, got {name!r}")
-
-
 @dataclass
 class RoITargets:
     """Per cached RoI: best IoU, class label (``C`` below the foreground IoU) and box
@@ -715,7 +555,16 @@ def run_two_stage(
     """Train and evaluate the RoI head with one loss; returns the run's record."""
     started = time.perf_counter()
     torch.manual_seed(seed)
-    spec = build_roi_loss(loss_name, data, two_stage, seed)
+    spec = TWO_STAGE.build(
+        loss_name,
+        LossContext(
+            data.image_counts,
+            seed=seed,
+            groups=data.groups,
+            num_images=data.train.numel(),
+            sampled_classes=two_stage.federated_classes(data.num_classes),
+        ),
+    )
     head = RoIHead(cache.features.shape[1], spec.columns, prior_prob=spec.prior_prob)
     train = data.train.tolist()
     steps = config.epochs * -(-len(train) // config.batch_size)
@@ -790,22 +639,6 @@ def run_two_stage(
 
 # The canvases are the same for every seed of a comparison.
 DATA_SEED = 0
-CANVAS_PRESETS: dict[str, dict[str, Any]] = {
-    # data/canvases.py defaults: 242 classes, 73 rare / 97 common / 72 frequent
-    "full": {},
-    # a smoke-test size: 6 rare classes on 12 small training canvases
-    "tiny": {
-        "num_classes": 6,
-        "num_train": 12,
-        "num_test": 4,
-        "n_max": 10,
-        "group_fractions": (1.0, 0.0),
-        "test_images_per_class": 2,
-        "size": 128,
-        "glyph_size": (20, 48),
-        "glyphs_per_canvas": (1, 4),
-    },
-}
 
 
 def _backbone_maps(images: Tensor, batch_size: int = 32) -> Tensor:
@@ -876,39 +709,7 @@ def load_detection_data(
 # ---------------------------------------------------------------------- comparison
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``eqlosses compare --task detection``."""
-    parser.add_argument(
-        "--detector",
-        choices=DETECTORS,
-        default="one-stage",
-        help="detection only: the FCOS-like one-stage detector or the two-stage one "
-        f"(losses: one-stage {', '.join(ONE_STAGE_LOSSES)}; "
-        f"two-stage {', '.join(TWO_STAGE_LOSSES)})",
-    )
-    parser.add_argument(
-        "--canvas-preset",
-        choices=tuple(CANVAS_PRESETS),
-        default="full",
-        help="detection only: the Omniglot-Det canvases ('tiny' is a smoke test)",
-    )
-    parser.add_argument(
-        "--center-radius",
-        type=float,
-        default=CENTER_RADIUS,
-        help="detection only: the one-stage detector's centre-sampling radius in strides "
-        f"(default {CENTER_RADIUS}; smaller means fewer positive locations)",
-    )
-    parser.add_argument(
-        "--canvases",
-        type=int,
-        nargs=2,
-        metavar=("TRAIN", "TEST"),
-        help="detection only: number of training and test canvases (default 2500 500)",
-    )
-
-
-def _grad_ratio_table(runs: Sequence[dict[str, Any]], losses: Sequence[str]) -> str:
+def _grad_ratio_table(runs: Sequence[Record], losses: Sequence[str]) -> str:
     """Mean over seeds of the last epoch's group-mean ``g`` (r / c / f), per loss."""
     lines = ["| loss | g rare | g common | g frequent |", "|---|---|---|---|"]
     for loss in losses:
@@ -922,150 +723,173 @@ def _grad_ratio_table(runs: Sequence[dict[str, Any]], losses: Sequence[str]) -> 
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
-def run_comparison(args: argparse.Namespace) -> int:
-    """``eqlosses compare --task detection``: every (loss, seed) run, then the outputs."""
-    from .compare import DEFAULT_OMNIGLOT_DIR
+@dataclass
+class _Prepared:
+    """The canvases and what a detector trains on: FCOS targets (one-stage) or the RoI
+    cache and its targets (two-stage), with facts for the results."""
 
-    if args.log_dir is not None:
-        print("eqlosses: --log-dir: not supported by the detection task", file=sys.stderr)
-        return 2
-    detector: str = args.detector
-    allowed = LOSSES_BY_DETECTOR[detector]
-    losses: list[str] = list(args.losses or allowed)
-    unknown = [loss for loss in losses if loss not in allowed]
-    if unknown:
-        print(
-            f"eqlosses: --losses: the {detector} detector takes {', '.join(allowed)}, "
-            f"got {', '.join(unknown)}",
-            file=sys.stderr,
+    data: DetectionData
+    run: Callable[[str, int], Record]
+    details: dict[str, Any]
+
+
+class DetectionTask:
+    """``eqlosses compare --task detection`` for one detector (see
+    :class:`~eqlosses_lab.tasks.runner.Task`)."""
+
+    name = "detection"
+    metrics = METRICS
+
+    def __init__(
+        self,
+        detector: Detector,
+        data_dir: Path,
+        config: DetectionConfig,
+        *,
+        canvas_preset: str,
+        canvas_counts: tuple[int, int] | None,
+        center_radius: float,
+        threads: int,
+        cache_dir: Path,
+        progress: bool = True,
+    ) -> None:
+        self.detector = detector
+        self.data_dir = data_dir
+        self.config = config
+        self.canvas_preset = canvas_preset
+        self.canvas_counts = canvas_counts
+        self.center_radius = center_radius
+        self.two_stage = TwoStageConfig()
+        self.threads = threads
+        self.cache_dir = cache_dir
+        self.progress = progress
+        self.baseline = (ONE_STAGE if detector == "one-stage" else TWO_STAGE).baseline
+        self._prepared: _Prepared | None = None
+
+    def settings(self) -> dict[str, Any]:
+        by_detector: dict[str, Any] = (
+            {"center_radius": self.center_radius}
+            if self.detector == "one-stage"
+            else {"two_stage": asdict(self.two_stage)}
         )
-        return 2
-    out: Path = args.out
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    base = DEFAULT_CONFIG[detector]
-    config = replace(base, epochs=args.epochs or base.epochs)
-    num_train, num_test = args.canvases if args.canvases else (None, None)
-    data = load_detection_data(
-        args.data_dir or DEFAULT_OMNIGLOT_DIR,
-        args.cache_dir or out / "cache",
-        preset=args.canvas_preset,
-        num_train=num_train,
-        num_test=num_test,
-    )
-    progress = not args.no_progress
-    two_stage = TwoStageConfig()
-    extra: dict[str, Any] = {}
-    if detector == "one-stage":
-        targets = dense_targets(data, data.train, center_radius=args.center_radius)
-        positives = int((targets.labels < data.num_classes).sum())
-        extra = {
-            "center_radius": args.center_radius,
-            "positive_location_share": positives / targets.labels.numel(),
+        return {
+            "task": self.name,
+            "detector": self.detector,
+            "data_dir": str(self.data_dir.resolve()),
+            "canvas_preset": self.canvas_preset,
+            "canvas_counts": None if self.canvas_counts is None else list(self.canvas_counts),
+            **asdict(self.config),
+            **by_detector,
+            "threads": self.threads,
+            "world_size": 1,
+            "torch_version": torch.__version__,
+            "eqlosses_version": eqlosses.__version__,
         }
 
-        def run_one(loss: str, seed: int) -> dict[str, Any]:
-            return run_one_stage(data, loss, seed, config, targets, progress=progress)
-
-    else:
-        # the proposal stage trains like the one-stage head, for its own epochs
-        proposal_config = replace(DEFAULT_CONFIG["one-stage"], epochs=two_stage.proposal_epochs)
-        cache = build_roi_cache(
-            data, two_stage, proposal_config, args.cache_dir or out / "cache", progress=progress
+    def _prepare(self) -> _Prepared:
+        if self._prepared is not None:
+            return self._prepared
+        num_train, num_test = self.canvas_counts or (None, None)
+        data = load_detection_data(
+            self.data_dir,
+            self.cache_dir,
+            preset=self.canvas_preset,
+            num_train=num_train,
+            num_test=num_test,
         )
-        roi = roi_targets(data, cache, two_stage)
-        extra = {
-            "two_stage": asdict(two_stage),
-            "proposal_recall_at_0.5": cache.recall,
-            "rois": int(cache.rois.shape[0]),
-            "roi_feature_dim": int(cache.features.shape[1]),
-            "roi_sigmoid_prior": SIGMOID_PRIOR,
+        details: dict[str, Any] = {
+            "canvases": {
+                "preset": self.canvas_preset,
+                "seed": DATA_SEED,
+                "num_train": int(data.train.numel()),
+                "num_test": int(data.test.numel()),
+                "num_classes": data.num_classes,
+                "groups": {g: data.groups.count(g) for g in GROUPS},
+            }
         }
-        print(f"proposals: recall {cache.recall:.3f} at IoU 0.5", flush=True)
+        config, progress = self.config, self.progress
+        if self.detector == "one-stage":
+            targets = dense_targets(data, data.train, center_radius=self.center_radius)
+            positives = int((targets.labels < data.num_classes).sum())
+            details["positive_location_share"] = positives / targets.labels.numel()
 
-        def run_one(loss: str, seed: int) -> dict[str, Any]:
-            return run_two_stage(
-                data,
-                loss,
-                seed,
-                config,
-                two_stage,
-                cache,
-                roi,
-                progress=progress,
+            def run(loss: str, seed: int) -> Record:
+                return run_one_stage(data, loss, seed, config, targets, progress=progress)
+
+        else:
+            two_stage = self.two_stage
+            # the proposal stage trains like the one-stage head, for its own epochs
+            proposal_config = replace(
+                DETECTION_CONFIG["one-stage"], epochs=two_stage.proposal_epochs
             )
-
-    runs: list[dict[str, Any]] = []
-    for seed in args.seeds:
-        for loss in losses:
-            path = run_path(out, loss, seed)
-            if path.exists():
-                runs.append(json.loads(path.read_text()))
-                continue
-            record = run_one(loss, seed)
-            path.write_text(json.dumps(record))
-            m = record["metrics"]
-            print(
-                f"{loss:>12} seed {seed}: AP {m['AP']:.3f} APr {m['APr']:.3f} "
-                f"APc {m['APc']:.3f} APf {m['APf']:.3f} ({record['seconds']:.0f} s)",
-                flush=True,
+            cache = build_roi_cache(
+                data, two_stage, proposal_config, self.cache_dir, progress=progress
             )
-            runs.append(record)
+            roi = roi_targets(data, cache, two_stage)
+            details.update(
+                {
+                    "proposal_recall_at_0.5": cache.recall,
+                    "rois": int(cache.rois.shape[0]),
+                    "roi_feature_dim": int(cache.features.shape[1]),
+                    "roi_sigmoid_prior": SIGMOID_PRIOR,
+                }
+            )
+            print(f"proposals: recall {cache.recall:.3f} at IoU 0.5", flush=True)
 
-    baseline = BASELINES[detector]
-    table = report.markdown_table(runs, losses, METRICS, baseline)
-    ratios = _grad_ratio_table(runs, losses)
-    payload: dict[str, Any] = {
-        "config": {
-            "task": "detection",
-            "detector": detector,
-            "canvases": {"preset": args.canvas_preset, "seed": DATA_SEED,
-                         "num_train": int(data.train.numel()), "num_test": int(data.test.numel()),
-                         "num_classes": data.num_classes,
-                         "groups": {g: data.groups.count(g) for g in GROUPS}},
-            **asdict(config),
-            "seeds": args.seeds,
-            "losses": losses,
-            "baseline": baseline,
-            **extra,
-        },
-        "summary": report.summarise(runs, losses, METRICS),
-        "runs": runs,
-    }  # fmt: skip
-    report.write_results(out, payload)
-    (out / "results.md").write_text(table + ("\n" + ratios if ratios else ""))
-    report.plot_per_class(
-        runs,
-        losses,
-        out / "per_class_ap.png",
-        ylabel="test AP",
-        xlabel="training images of the class",
-    )
-    report.plot_grad_ratio(runs, out / "grad_ratio.png")
-    summary = payload["summary"]
-    best = max(
-        (loss for loss in losses if loss in summary),
-        key=lambda loss: summary[loss]["AP"]["mean"],
-    )
-    shown = [baseline, best] if best != baseline else [baseline]
-    first_seed = args.seeds[0]
-    panels = {
-        loss: r["examples"] for loss in shown for r in runs
-        if r["loss"] == loss and r["seed"] == first_seed
-    }  # fmt: skip
-    if panels:
-        canvases = [e["canvas"] for e in next(iter(panels.values()))]
-        report.plot_detections(
-            [data.images[c].numpy() for c in canvases],
-            [(data.boxes[c].tolist(), data.labels[c].tolist()) for c in canvases],
-            panels,
-            out / "detections.png",
+            def run(loss: str, seed: int) -> Record:
+                return run_two_stage(
+                    data, loss, seed, config, two_stage, cache, roi, progress=progress
+                )
+
+        self._prepared = _Prepared(data, run, details)
+        return self._prepared
+
+    def prepare(self, seed: int) -> None:
+        self._prepare()
+
+    def train(self, loss: str, seed: int, record_path: Path) -> Record:
+        return self._prepare().run(loss, seed)
+
+    def reuse(self, record: Record, record_path: Path) -> Record:
+        return record
+
+    def describe(self, record: Record) -> str:
+        m = record["metrics"]
+        return f"AP {m['AP']:.3f} APr {m['APr']:.3f} APc {m['APc']:.3f} APf {m['APf']:.3f}"
+
+    def write_outputs(
+        self, out: Path, runs: Sequence[Record], losses: Sequence[str], seeds: Sequence[int]
+    ) -> TaskOutputs:
+        prepared = self._prepare()
+        data = prepared.data
+        report.plot_per_class(
+            runs,
+            losses,
+            out / "per_class_ap.png",
+            ylabel="test AP",
+            xlabel="training images of the class",
         )
-    print()
-    print(table)
-    if ratios:
-        print(ratios)
-    print(
-        f"results in {out}/ (results.json, results.md, per_class_ap.png, grad_ratio.png, "
-        "detections.png)"
-    )
-    return 0
+        files = ["per_class_ap.png"]
+        if report.plot_grad_ratio(
+            runs, out / "grad_ratio.png", size_label="training images of the class"
+        ):
+            files.append("grad_ratio.png")
+        summary = report.summarise(runs, losses, self.metrics)
+        best = max(summary, key=lambda loss: summary[loss]["AP"]["mean"])
+        shown = list(dict.fromkeys([self.baseline, best]))
+        panels = {
+            loss: r["examples"] for loss in shown for r in runs
+            if r["loss"] == loss and r["seed"] == seeds[0]
+        }  # fmt: skip
+        if panels:
+            canvases = [e["canvas"] for e in next(iter(panels.values()))]
+            report.plot_detections(
+                [data.images[c].numpy() for c in canvases],
+                [(data.boxes[c].tolist(), data.labels[c].tolist()) for c in canvases],
+                panels,
+                out / "detections.png",
+            )
+            files.append("detections.png")
+        return TaskOutputs(
+            details=prepared.details, files=files, notes=_grad_ratio_table(runs, losses)
+        )

@@ -1,5 +1,5 @@
 """What every task's epoch loop reports: a progress bar, a per-epoch hook and its
-TensorBoard form, and where each finished run's record is kept."""
+TensorBoard form."""
 
 from __future__ import annotations
 
@@ -23,11 +23,6 @@ def epoch_iterator(num_epochs: int, description: str, show: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(range(num_epochs), desc=description, leave=False, unit="epoch")
-
-
-def run_path(out: Path, loss: str, seed: int) -> Path:
-    """The JSON record of one finished run (its presence makes a rerun skip it)."""
-    return out / "runs" / f"{loss}__seed{seed}.json"
 
 
 def tensorboard_hook(

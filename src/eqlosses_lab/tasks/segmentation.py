@@ -11,18 +11,14 @@ the flipped features, which a convolution stack does not commute with).
 
 Evaluation: one confusion matrix over all pixels of the 233 test images (label 11
 ignored); the number of epochs is fixed in advance, the learning rate was chosen on the
-val split. A seed
-fixes the decoder's initialisation, the data order and the flips.
+val split. A seed fixes the decoder's initialisation, the data order and the flips.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +26,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from eqlosses import BalancedSoftmax, FocalLoss, SeesawLoss, SoftmaxEQL, StatisticsLoss
+import eqlosses
+from eqlosses import StatisticsLoss
 
 from .. import report
 from ..data.camvid import (
@@ -54,9 +51,11 @@ from ..metrics.segmentation import (
 )
 from ..models.efficientnet_lite import load_pretrained_efficientnet_lite0
 from ..models.segmentation import LITE0_MAP_CHANNELS, FPNDecoder, extract_feature_maps
-from .progress import EpochHook, epoch_iterator, run_path, tensorboard_hook
+from ..registry import SEGMENTATION, LossContext
+from .progress import EpochHook, epoch_iterator, tensorboard_hook
+from .runner import DamagedRunError, Record, TaskOutputs, run_path, save_array
+from .settings import SegmentationConfig
 
-DEFAULT_CAMVID_DIR = Path("../shared/data/camvid-240x180")
 NUM_CLASSES = len(CAMVID_CLASSES)
 METRICS = (
     "miou",
@@ -67,57 +66,9 @@ METRICS = (
     "rare_recall",
     "rare_precision",
 )
-BASELINE = "ce"
 # test images shown in the example picture: those with the most rare-class pixels
 NUM_EXAMPLES = 3
 EXAMPLES_SUFFIX = ".examples.npy"
-
-
-@dataclass(frozen=True)
-class SegmentationConfig:
-    """Training of one decoder: AdamW with a cosine schedule over all steps. The epochs fit
-    the 18-run comparison into about half an hour on one CPU thread; the learning rate
-    was picked among 1e-3, 3e-3 and 1e-2 with cross-entropy on the val split (see the
-    README)."""
-
-    epochs: int = 10
-    batch_size: int = 8
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    width: int = 64
-
-
-class ClassLastLoss(nn.Module):
-    """Feeds ``(N, C, H, W)`` logits to a loss that takes the classes last (the sigmoid
-    focal loss's ``(..., C)`` layout, where every position is a row)."""
-
-    def __init__(self, loss: nn.Module) -> None:
-        super().__init__()
-        self.loss = loss
-
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        out: Tensor = self.loss(logits.movedim(1, -1), target)
-        return out
-
-
-LossFactory = Callable[[Tensor, Tensor], nn.Module]
-
-# Every loss gets (training pixel counts, median-frequency weights), the paper defaults
-# otherwise; cross-entropy is torch's own (the baseline users have).
-SEGMENTATION_LOSSES: dict[str, LossFactory] = {
-    "ce": lambda counts, mf: nn.CrossEntropyLoss(ignore_index=CAMVID_IGNORE_INDEX),
-    "ce-median-freq": lambda counts, mf: nn.CrossEntropyLoss(
-        weight=mf.float(), ignore_index=CAMVID_IGNORE_INDEX
-    ),
-    "focal": lambda counts, mf: ClassLastLoss(
-        FocalLoss(NUM_CLASSES, ignore_index=CAMVID_IGNORE_INDEX)
-    ),
-    "balanced-softmax": lambda counts, mf: BalancedSoftmax(
-        counts, ignore_index=CAMVID_IGNORE_INDEX
-    ),
-    "seesaw": lambda counts, mf: SeesawLoss(NUM_CLASSES, ignore_index=CAMVID_IGNORE_INDEX),
-    "softmax-eql": lambda counts, mf: SoftmaxEQL(NUM_CLASSES, ignore_index=CAMVID_IGNORE_INDEX),
-}
 
 
 @dataclass
@@ -189,15 +140,6 @@ def load_segmentation_data(
     return data, test
 
 
-def build_segmentation_loss(
-    name: str, train_counts: Sequence[int], median_frequency: Tensor
-) -> nn.Module:
-    if name not in SEGMENTATION_LOSSES:
-        known = ", ".join(SEGMENTATION_LOSSES)
-        raise ValueError(f"loss: expected one of {known}, got {name!r}")
-    return SEGMENTATION_LOSSES[name](torch.tensor(train_counts), median_frequency)
-
-
 def example_indices(labels: Tensor, rare: Sequence[int], count: int = NUM_EXAMPLES) -> list[int]:
     """The ``count`` images with the most pixels of the rare classes (ties: lower index)."""
     is_rare = torch.zeros(int(labels.max()) + 1, dtype=torch.bool)
@@ -220,7 +162,7 @@ def train_segmentation(
     on_epoch: EpochHook | None = None,
     progress: bool = True,
     examples: Sequence[int] = (),
-) -> tuple[dict[str, Any], npt.NDArray[np.uint8]]:
+) -> tuple[Record, npt.NDArray[np.uint8]]:
     """Train one decoder with one loss and evaluate it on the test images.
 
     Returns the run's record and the predicted label maps ``(len(examples), H, W)`` of the
@@ -231,7 +173,10 @@ def train_segmentation(
     rare = rare_classes(counts)
     median_frequency = median_frequency_weights(data.train_labels, NUM_CLASSES, CAMVID_IGNORE_INDEX)
     decoder = FPNDecoder(NUM_CLASSES, width=config.width)
-    loss_fn = build_segmentation_loss(loss_name, counts, median_frequency)
+    loss_fn = SEGMENTATION.build(
+        loss_name,
+        LossContext(counts, ignore_index=CAMVID_IGNORE_INDEX, class_weights=median_frequency),
+    )
     optimizer = torch.optim.AdamW(
         decoder.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -334,128 +279,153 @@ def per_class_table(runs: Sequence[dict[str, Any]], losses: Sequence[str]) -> st
     return "\n".join(lines) + "\n"
 
 
-def run_segmentation(args: argparse.Namespace) -> int:
-    """``eqlosses compare --task segmentation``; writes the same outputs as the
-    classification comparison (runs are resumable)."""
-    losses: list[str] = args.losses or list(SEGMENTATION_LOSSES)
-    unknown = [loss for loss in losses if loss not in SEGMENTATION_LOSSES]
-    if unknown:
-        print(
-            f"eqlosses compare: --losses: expected segmentation losses among "
-            f"{', '.join(SEGMENTATION_LOSSES)}, got {', '.join(unknown)}",
-            file=sys.stderr,
-        )
-        return 2
-    root: Path = args.data_dir or DEFAULT_CAMVID_DIR
-    out: Path = args.out
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    config = SegmentationConfig(epochs=args.epochs or SegmentationConfig.epochs)
-    data, test = load_segmentation_data(root, args.cache_dir or out / "cache", args.limit_images)
-    rare = rare_classes(data.train_counts)
-    examples = example_indices(data.test_labels, rare)
+class SegmentationTask:
+    """``eqlosses compare --task segmentation`` (see
+    :class:`~eqlosses_lab.tasks.runner.Task`); every run also saves the predicted maps of
+    the example images beside its record."""
 
-    runs: list[dict[str, Any]] = []
-    for seed in args.seeds:
-        for loss in losses:
-            path = run_path(out, loss, seed)
-            if path.exists():
-                # scores are recomputed from the saved confusion matrix, so runs saved by
-                # an earlier version report every current metric the same way
-                record = json.loads(path.read_text())
-                record.update(
-                    _scores_fields(torch.tensor(record["confusion"]), record["rare_classes"])
-                )
-                runs.append(record)
-                continue
-            hook, writer = (None, None)
-            if args.log_dir is not None:
-                frequent = [c for c in range(NUM_CLASSES) if c not in set(rare)]
-                hook, writer = tensorboard_hook(
-                    args.log_dir,
-                    f"segmentation-{loss}__seed{seed}",
-                    {"rare": rare, "frequent": frequent},
-                )
+    name = "segmentation"
+    metrics = METRICS
+    baseline = SEGMENTATION.baseline
+
+    def __init__(
+        self,
+        data_dir: Path,
+        limit_images: int | None,
+        config: SegmentationConfig,
+        *,
+        threads: int,
+        cache_dir: Path,
+        log_dir: Path | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.data_dir = data_dir
+        self.limit_images = limit_images
+        self.config = config
+        self.threads = threads
+        self.cache_dir = cache_dir
+        self.log_dir = log_dir
+        self.progress = progress
+        self._loaded: tuple[SegmentationData, CamVid, list[int], list[int]] | None = None
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "task": self.name,
+            "dataset": "camvid-240x180",
+            "data_dir": str(self.data_dir.resolve()),
+            "limit_images": self.limit_images,
+            **asdict(self.config),
+            "threads": self.threads,
+            "world_size": 1,
+            "torch_version": torch.__version__,
+            "eqlosses_version": eqlosses.__version__,
+        }
+
+    def _load(self) -> tuple[SegmentationData, CamVid, list[int], list[int]]:
+        """The cached maps, the test split, the rare classes and the example images."""
+        if self._loaded is None:
+            data, test = load_segmentation_data(self.data_dir, self.cache_dir, self.limit_images)
+            rare = rare_classes(data.train_counts)
+            self._loaded = (data, test, rare, example_indices(data.test_labels, rare))
+        return self._loaded
+
+    def prepare(self, seed: int) -> None:
+        self._load()
+
+    def train(self, loss: str, seed: int, record_path: Path) -> Record:
+        data, _, rare, examples = self._load()
+        hook, writer = None, None
+        if self.log_dir is not None:
+            frequent = [c for c in range(NUM_CLASSES) if c not in set(rare)]
+            hook, writer = tensorboard_hook(
+                self.log_dir,
+                f"segmentation-{loss}__seed{seed}",
+                {"rare": rare, "frequent": frequent},
+            )
+        try:
             record, predicted = train_segmentation(
                 data,
                 loss,
                 seed,
-                config,
+                self.config,
                 on_epoch=hook,
-                progress=not args.no_progress,
+                progress=self.progress,
                 examples=examples,
             )
+        finally:
             if writer is not None:
                 writer.close()
-            np.save(path.with_suffix(EXAMPLES_SUFFIX), predicted)
-            path.write_text(json.dumps(record))
-            metrics = record["metrics"]
-            print(
-                f"{loss:>16} seed {seed}: mIoU {metrics['miou']:.3f} rare {metrics['rare']:.3f} "
-                f"({record['seconds']:.0f} s, {np.mean(record['epoch_seconds']):.1f} s/epoch)",
-                flush=True,
-            )
-            runs.append(record)
+        save_array(record_path.with_suffix(EXAMPLES_SUFFIX), predicted)
+        return record
 
-    table = report.markdown_table(runs, losses, METRICS, BASELINE)
-    classes = per_class_table(runs, losses)
-    payload = {
-        "config": {
-            "task": "segmentation",
-            "dataset": "camvid-240x180",
+    def reuse(self, record: Record, record_path: Path) -> Record:
+        examples = record_path.with_suffix(EXAMPLES_SUFFIX)
+        if not examples.is_file():
+            raise DamagedRunError(f"has lost its predicted example maps ({examples.name})")
+        if "confusion" not in record or "rare_classes" not in record:
+            raise DamagedRunError("has no confusion matrix")
+        # scores are recomputed from the saved confusion matrix, so every saved run
+        # reports every current metric the same way
+        return {
+            **record,
+            **_scores_fields(torch.tensor(record["confusion"]), record["rare_classes"]),
+        }
+
+    def describe(self, record: Record) -> str:
+        metrics = record["metrics"]
+        return (
+            f"mIoU {metrics['miou']:.3f} rare {metrics['rare']:.3f}, "
+            f"{np.mean(record['epoch_seconds']):.1f} s/epoch"
+        )
+
+    def write_outputs(
+        self, out: Path, runs: Sequence[Record], losses: Sequence[str], seeds: Sequence[int]
+    ) -> TaskOutputs:
+        data, test, rare, examples = self._load()
+        classes = per_class_table(runs, losses)
+        labelled = sum(data.train_counts)
+        report.plot_per_class(
+            runs,
+            losses,
+            out / "per_class_iou.png",
+            ylabel="test IoU",
+            xlabel=f"training pixels of the class (of {labelled / 1e6:.1f}M labelled)",
+        )
+        files = ["per_class_iou.png"]
+        if report.plot_grad_ratio_by_class(
+            runs, out / "grad_ratio.png", class_names=CAMVID_CLASSES, highlight=rare
+        ):
+            files.append("grad_ratio.png")
+        predictions = {
+            loss: np.load(run_path(out, loss, min(seeds)).with_suffix(EXAMPLES_SUFFIX))
+            for loss in _shown_losses(runs, losses, self.baseline)
+        }
+        report.plot_segmentation_examples(
+            test.images[examples],
+            test.labels[examples],
+            predictions,
+            out / "examples.png",
+            palette=CAMVID_PALETTE,
+            class_names=CAMVID_CLASSES,
+        )
+        files.append("examples.png")
+        details = {
             "train_images": int(data.train_labels.shape[0]),
             "test_images": int(data.test_labels.shape[0]),
-            **asdict(config),
             "encoder": "EfficientNet-Lite0 (ImageNet, frozen, cached float16)",
             "augmentation": "horizontal flip, p = 0.5",
-            "seeds": args.seeds,
-            "losses": losses,
             "class_names": list(CAMVID_CLASSES),
             "rare_classes": rare,
             "pixel_share": runs[0]["pixel_share"] if runs else None,
             "example_images": [test.names[i] for i in examples],
-        },
-        "summary": report.summarise(runs, losses, METRICS),
-        "runs": runs,
-    }
-    report.write_results(out, payload)
-    (out / "results.md").write_text(table + "\nPer-class IoU (%), mean over seeds:\n\n" + classes)
-    labelled = sum(data.train_counts)
-    report.plot_per_class(
-        runs,
-        losses,
-        out / "per_class_iou.png",
-        ylabel="test IoU",
-        xlabel=f"training pixels of the class (of {labelled / 1e6:.1f}M labelled)",
-    )
-    report.plot_grad_ratio_by_class(
-        runs, out / "grad_ratio.png", class_names=CAMVID_CLASSES, highlight=rare
-    )
-    shown = _shown_losses(runs, losses)
-    predictions = {
-        loss: np.load(run_path(out, loss, min(args.seeds)).with_suffix(EXAMPLES_SUFFIX))
-        for loss in shown
-    }
-    report.plot_segmentation_examples(
-        test.images[examples],
-        test.labels[examples],
-        predictions,
-        out / "examples.png",
-        palette=CAMVID_PALETTE,
-        class_names=CAMVID_CLASSES,
-    )
-    print()
-    print(table)
-    print(classes)
-    print(
-        f"results in {out}/ (results.json, results.md, per_class_iou.png, grad_ratio.png, "
-        "examples.png)"
-    )
-    return 0
+        }
+        notes = "Per-class IoU (%), mean over seeds:\n\n" + classes
+        return TaskOutputs(details=details, files=files, notes=notes)
 
 
-def _shown_losses(runs: Sequence[dict[str, Any]], losses: Sequence[str]) -> list[str]:
+def _shown_losses(runs: Sequence[Record], losses: Sequence[str], baseline: str) -> list[str]:
     """The baseline, the best loss by mean mIoU and Softmax-EQL, each once, if run."""
     summary = report.summarise(runs, losses, METRICS)
     best = max(summary, key=lambda loss: summary[loss]["miou"]["mean"])
-    shown = [loss for loss in (BASELINE, best, "softmax-eql") if loss in summary]
+    shown = [loss for loss in (baseline, best, "softmax-eql") if loss in summary]
     return list(dict.fromkeys(shown))

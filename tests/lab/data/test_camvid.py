@@ -10,8 +10,8 @@ import torch
 from conftest import SHARED_DATA
 from PIL import Image
 
-from eqlosses_lab.data import DatasetNotFoundError
 from eqlosses_lab.data.camvid import CAMVID_CLASSES, CAMVID_IGNORE_INDEX, load_camvid
+from eqlosses_lab.errors import DatasetNotFoundError
 from eqlosses_lab.metrics.segmentation import pixel_counts, rare_classes
 
 CAMVID_DIR = SHARED_DATA / "camvid-240x180"
@@ -71,7 +71,7 @@ def test_wrong_image_size_is_an_error(tmp_path: Path) -> None:
 
 
 def test_missing_folder_and_bad_arguments(tmp_path: Path) -> None:
-    with pytest.raises(DatasetNotFoundError, match="camvid-240x180"):
+    with pytest.raises(DatasetNotFoundError, match="--data-dir or set EQLOSSES_CAMVID_DIR"):
         load_camvid(tmp_path, "train")
     root = _fake_camvid(tmp_path / "c", 0)
     (root / "trainannot" / "a.png").unlink()

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eqlosses_lab.data.errors import DatasetNotFoundError
 from eqlosses_lab.data.fashion_mnist import (
-    FASHION_MNIST_DIR,
     load_fashion_mnist,
     read_idx,
 )
+from eqlosses_lab.errors import DatasetNotFoundError
+from eqlosses_lab.locations import FASHION_MNIST
 
 
 def _idx_bytes(type_code: int, shape: tuple[int, ...], payload: bytes) -> bytes:
@@ -116,7 +116,7 @@ def test_missing_labels_file_is_named(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(
-    not (FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz").exists(),
+    not (FASHION_MNIST.require(None) / "t10k-labels-idx1-ubyte.gz").exists(),
     reason="Debian package dataset-fashion-mnist is not installed",
 )
 def test_real_fashion_mnist() -> None:

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eqlosses_lab.data.errors import DatasetNotFoundError
 from eqlosses_lab.data.omniglot import (
     OMNIGLOT_ZIPS,
     Omniglot,
     load_omniglot,
     omniglot_lt_split,
 )
+from eqlosses_lab.errors import DatasetNotFoundError
 
 
 def _png(ink_row: int, size: int = 105) -> bytes:

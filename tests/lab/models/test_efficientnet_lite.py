@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import eqlosses_lab.models.efficientnet_lite as eff
-from eqlosses_lab.data.errors import WeightsNotFoundError
+from eqlosses_lab.errors import WeightsNotFoundError
 from eqlosses_lab.models.efficientnet_lite import (
     Conv2dSame,
     EfficientNetLite0,

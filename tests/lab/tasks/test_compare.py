@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 import subprocess
 from pathlib import Path
 
@@ -15,28 +14,6 @@ import pytest
 from eqlosses.__main__ import main
 
 LOSSES = ["ce", "softmax-eql", "sigmoid-eql", "seesaw"]
-
-
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
-@pytest.fixture(scope="module")
-def tiny_fashion(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """10 classes of distinguishable synthetic 28x28 images: 60 per class to train, 10 to
-    test; class c lights up row band c."""
-    folder = tmp_path_factory.mktemp("fashion")
-    rng = np.random.default_rng(0)
-    for prefix, per_class in (("train", 60), ("t10k", 10)):
-        labels = np.repeat(np.arange(10), per_class)
-        rng.shuffle(labels)
-        images = rng.integers(0, 60, size=(labels.size, 28, 28))
-        for i, c in enumerate(labels):
-            images[i, 2 * c + 4 : 2 * c + 7, 4:24] = 230
-        _write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
-        _write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)
-    return folder
 
 
 def _args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -126,7 +103,9 @@ def test_two_processes_match_one(tiny_fashion: Path, tmp_path: Path) -> None:
             np.testing.assert_allclose(
                 two["grad_ratio_history"], one["grad_ratio_history"], rtol=1e-4, atol=1e-7
             )
-    assert json.loads((double / "results.json").read_text())["config"]["world_size"] == 2
+    results = json.loads((double / "results.json").read_text())
+    assert results["config"]["world_size"] == 2
+    assert results["command"].startswith("torchrun --nproc_per_node=2 -m eqlosses compare ")
 
 
 def test_log_dir_writes_tensorboard_scalars(tiny_fashion: Path, tmp_path: Path) -> None:

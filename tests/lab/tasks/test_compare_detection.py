@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,31 +11,29 @@ import torch.nn.functional as F
 
 from eqlosses.__main__ import main
 from eqlosses.losses import SeesawLoss
-from eqlosses_lab.tasks.detection import (
-    TWO_STAGE_LOSSES,
-    TwoStageConfig,
-    _dense_step,
-    build_dense_loss,
-    build_roi_loss,
-)
+from eqlosses_lab.registry import ONE_STAGE, TWO_STAGE, LossContext
+from eqlosses_lab.tasks.detection import _dense_step
+from eqlosses_lab.tasks.settings import TwoStageConfig
 
 
-def _fake_data(num_classes: int = 4) -> SimpleNamespace:
-    counts = [120, 40, 5, 1][:num_classes]
-    groups = ["f", "c", "r", "r"][:num_classes]
-    return SimpleNamespace(
-        num_classes=num_classes, image_counts=counts, groups=groups, train=torch.arange(200)
+def _context(two_stage: TwoStageConfig | None = None) -> LossContext:
+    """Four classes seen on 120, 40, 5 and 1 of 200 training images."""
+    two_stage = two_stage or TwoStageConfig()
+    return LossContext(
+        [120, 40, 5, 1],
+        groups=["f", "c", "r", "r"],
+        num_images=200,
+        sampled_classes=two_stage.federated_classes(4),
     )
 
 
 def test_roi_loss_columns_and_test_time_scores():
-    data = _fake_data()
-    c = data.num_classes
+    c = 4
     expected_columns = {"ce": c + 1, "bce": c, "eql": c, "sigmoid-eql": c + 1, "seesaw": c + 2,
                         "federated": c + 1}  # fmt: skip
     torch.manual_seed(0)
-    for name in TWO_STAGE_LOSSES:
-        spec = build_roi_loss(name, data, TwoStageConfig(), seed=0)  # type: ignore[arg-type]
+    for name in TWO_STAGE.names:
+        spec = TWO_STAGE.build(name, _context())
         assert spec.columns == expected_columns[name], name
         logits = torch.randn(6, spec.columns)
         scores = spec.scores(logits)
@@ -56,14 +53,13 @@ def test_roi_loss_columns_and_test_time_scores():
 
 
 def test_roi_losses_at_the_start_are_their_plain_forms():
-    data = _fake_data()
-    c = data.num_classes
+    c = 4
     logits = torch.randn(8, c + 2, dtype=torch.float64)
     labels = torch.tensor([0, 4, 4, 2, 4, 1, 3, 4])  # 4 = background
     onehot = F.one_hot(labels, c + 1).to(torch.float64)
 
     def loss(name: str, z: torch.Tensor) -> torch.Tensor:
-        return build_roi_loss(name, data, TwoStageConfig(), seed=0).loss(z, labels)  # type: ignore[arg-type]
+        return TWO_STAGE.build(name, _context()).loss(z, labels)
 
     torch.testing.assert_close(
         loss("ce", logits[:, : c + 1]), F.cross_entropy(logits[:, : c + 1], labels)
@@ -86,7 +82,7 @@ def test_roi_losses_at_the_start_are_their_plain_forms():
     classes = SeesawLoss(c, reduction="sum")(logits[foreground, :c], labels[foreground]) / 8
     torch.testing.assert_close(loss("seesaw", logits), objectness + classes)
     # federated with every class sampled: BCE on the C columns, the background column dropped
-    spec = build_roi_loss("federated", data, TwoStageConfig(federated_min_classes=c), seed=0)  # type: ignore[arg-type]
+    spec = TWO_STAGE.build("federated", _context(TwoStageConfig(federated_min_classes=c)))
     z = logits[:, : c + 1].clone().requires_grad_(True)
     value = spec.loss(z, labels)
     torch.testing.assert_close(value, bce)
@@ -118,13 +114,13 @@ def test_dense_losses_share_the_positive_normaliser():
             "sigmoid-eql": entries.sum() / num_pos}  # fmt: skip
     for name, expected in want.items():
         cls_loss, box_loss = _dense_step(
-            model, build_dense_loss(name, c), name, maps, labels[None], target_boxes[None],
-            torch.cat(points), strides,
+            model, ONE_STAGE.build(name, LossContext([1] * c)), maps, labels[None],
+            target_boxes[None], torch.cat(points), strides,
         )  # fmt: skip
         torch.testing.assert_close(cls_loss, expected, rtol=1e-4, atol=1e-5)
         assert 0 < float(box_loss.detach()) <= 2.0  # mean GIoU loss over the positives
     with pytest.raises(ValueError, match=r"^loss:"):
-        build_dense_loss("ce", c)
+        ONE_STAGE.build("ce", LossContext([1] * c))
 
 
 @pytest.fixture(scope="module")

@@ -9,21 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA
 
 from eqlosses.__main__ import main
 from eqlosses_lab.data.camvid import CAMVID_IGNORE_INDEX
-from eqlosses_lab.tasks.segmentation import (
-    SEGMENTATION_LOSSES,
-    build_segmentation_loss,
-    example_indices,
-)
+from eqlosses_lab.registry import SEGMENTATION, LossContext
+from eqlosses_lab.tasks.segmentation import example_indices
 
-CAMVID_DIR = SHARED_DATA / "camvid-240x180"
 C = 11
 
 
-@pytest.mark.parametrize("name", list(SEGMENTATION_LOSSES))
+@pytest.mark.parametrize("name", SEGMENTATION.names)
 def test_each_loss_per_pixel_equals_the_loss_over_the_labelled_pixels_as_rows(
     name: str,
 ) -> None:
@@ -35,13 +30,14 @@ def test_each_loss_per_pixel_equals_the_loss_over_the_labelled_pixels_as_rows(
     logits = torch.randn(2, C, 5, 7, requires_grad=True)
     target = torch.randint(0, C, (2, 5, 7))
     target[0, :2] = CAMVID_IGNORE_INDEX
-    per_pixel = build_segmentation_loss(name, counts, weights)
+    context = LossContext(counts, ignore_index=CAMVID_IGNORE_INDEX, class_weights=weights)
+    per_pixel = SEGMENTATION.build(name, context)
     value = per_pixel(logits, target)
     value.backward()
 
     keep = target != CAMVID_IGNORE_INDEX
     rows = logits.detach().movedim(1, -1)[keep].requires_grad_(True)
-    as_rows = build_segmentation_loss(name, counts, weights)
+    as_rows = SEGMENTATION.build(name, context)
     expected = as_rows(rows, target[keep])
     expected.backward()
     torch.testing.assert_close(value, expected)
@@ -64,7 +60,7 @@ def test_classification_loss_is_refused_for_segmentation(
 ) -> None:
     code = main(["compare", "--task", "segmentation", "--losses", "eql", "--out", str(tmp_path)])
     assert code == 2
-    assert "expected segmentation losses" in capsys.readouterr().err
+    assert "--losses: segmentation takes ce, " in capsys.readouterr().err
 
 
 def test_missing_camvid_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -73,13 +69,13 @@ def test_missing_camvid_is_reported(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "CamVid not found" in capsys.readouterr().err
 
 
-def test_segmentation_compare_end_to_end_and_resume(tmp_path: Path) -> None:
-    if not CAMVID_DIR.is_dir():
-        pytest.skip(f"{CAMVID_DIR} is not present")
+def test_segmentation_compare_end_to_end_and_resume(
+    camvid_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     losses = ["ce", "softmax-eql", "focal"]
     args = [
-        "compare", "--task", "segmentation", "--data-dir", str(CAMVID_DIR),
+        "compare", "--task", "segmentation", "--data-dir", str(camvid_dir),
         "--limit-images", "4", "--epochs", "2", "--seeds", "0", "--threads", "1",
         "--no-progress", "--out", str(out), "--losses", *losses,
     ]  # fmt: skip
@@ -116,3 +112,11 @@ def test_segmentation_compare_end_to_end_and_resume(tmp_path: Path) -> None:
     kept = next(r for r in again["runs"] if r["loss"] == "ce")
     assert kept.get("marker") == "kept" and kept["metrics"]["miou"] == miou
     assert (out / "runs" / "focal__seed0.json").exists()
+
+    # a run whose predicted example maps are gone is trained again
+    examples = out / "runs" / "softmax-eql__seed0.examples.npy"
+    examples.unlink()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "has lost its predicted example maps" in capsys.readouterr().out
+    assert np.load(examples).shape == (3, 180, 240)

@@ -1,9 +1,10 @@
-"""Errors raised when data or pretrained weights are not on this machine.
+"""Errors the lab's commands report as one line (and exit code 2) instead of a traceback.
 
-Nothing in ``eqlosses`` downloads anything at run time, so a missing data set or weight file
-is a setup problem the user must fix by hand.  These errors carry a single-line message that
-names what is missing, where it was looked for, and the one command or option that fixes it,
-so that a command-line tool can print ``str(error)`` and nothing else.
+Nothing in the lab downloads anything at run time, so a missing data set or weight file
+is a setup problem the user must fix by hand; a comparison asked to do something its
+saved runs or its data cannot support is a usage problem. Each message names what is
+wrong, where it was looked for and the option, environment variable or command that
+fixes it, so that a command can print ``str(error)`` and nothing else.
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ class DatasetNotFoundError(FileNotFoundError):
 
 class WeightsNotFoundError(FileNotFoundError):
     """Pretrained model weights are not installed (same one-line style as the data error)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_one_line(message))
+
+
+class SettingsError(ValueError):
+    """Command-line settings that cannot work: with each other, with the data, or with the
+    runs already saved in the output folder."""
 
     def __init__(self, message: str) -> None:
         super().__init__(_one_line(message))
