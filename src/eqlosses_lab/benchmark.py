@@ -56,7 +56,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,7 +115,7 @@ class BenchmarkError(RuntimeError):
 class Target:
     """A speed or memory target of a case: ``metric <= limit``."""
 
-    metric: str  # "a/b", "a/c", "mem a" or "fixed a-c ms"
+    metric: str  # "a/b", "a/c", "loaded a/c", "mem a" or "fixed a-c ms"
     limit: float
 
 
@@ -143,8 +143,20 @@ class Case:
         return columns - 1 if self.loss == "sigmoid-eql" else columns
 
 
-_SIGMOID_TARGETS = (Target("a/c", 0.8), Target("a/b", 0.25), Target("mem a", 1.5))
-_FOCAL_TARGETS = (Target("a/c", 0.3), Target("a/b", 0.2), Target("mem a", 1.5))
+# "loaded a/c": the same ratio with --load busy processes beside the benchmark (training
+# beside data-loader workers is the normal case)
+_SIGMOID_TARGETS = (
+    Target("a/c", 0.8),
+    Target("loaded a/c", 0.8),
+    Target("a/b", 0.25),
+    Target("mem a", 1.5),
+)
+_FOCAL_TARGETS = (
+    Target("a/c", 0.3),
+    Target("loaded a/c", 0.3),
+    Target("a/b", 0.2),
+    Target("mem a", 1.5),
+)
 _SOFTMAX_TARGETS = (Target("a/c", 1.3), Target("mem a", 1.5))
 # "Small head: report it; the fixed overhead stays a fraction of a millisecond": the
 # wall-clock times are in the table, the fixed overhead (below) must stay under 1 ms.
@@ -332,7 +344,10 @@ def make_inputs(
     *,
     seed: int,
     dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
 ) -> Inputs:
+    """One step's inputs, drawn on the CPU (the same numbers for every device) and moved
+    to ``device``."""
     generator = torch.Generator().manual_seed(seed)
     logits = torch.randn(tuple(shape), generator=generator, dtype=dtype)
     if case.loss != "softmax-eql":
@@ -342,7 +357,8 @@ def make_inputs(
     score = None
     if case.loss == "eqfl":
         score = torch.rand(shape[0], generator=generator, dtype=dtype).mul_(0.7).add_(0.25)
-    return Inputs(logits.requires_grad_(True), target, score)
+        score = score.to(device)
+    return Inputs(logits.to(device).requires_grad_(True), target.to(device), score)
 
 
 # -------------------------------------------------------------------- implementations
@@ -385,14 +401,14 @@ class _Statistics:
         self.updates = 0
         self.initial_ratio = initial_ratio
 
-    def ratio(self) -> Tensor:
+    def ratio(self, device: torch.device) -> Tensor:
         if self.updates == 0:
-            return torch.full_like(self.pos, self.initial_ratio)
-        return self.pos / (self.neg + 1e-10)
+            return torch.full_like(self.pos, self.initial_ratio, device=device)
+        return (self.pos / (self.neg + 1e-10)).to(device)
 
     def add(self, pos: Tensor, neg: Tensor) -> None:
-        self.pos += pos.detach().double()
-        self.neg += neg.detach().double()
+        self.pos = self.pos.to(pos.device) + pos.detach().double()
+        self.neg = self.neg.to(neg.device) + neg.detach().double()
         self.updates += 1
 
 
@@ -417,7 +433,7 @@ class StraightSigmoidEQL(Implementation):
         rows, columns = logits.shape
         target = logits.new_zeros(rows, columns)
         target[torch.arange(rows), labels] = 1.0
-        neg_w = torch.sigmoid(self.gamma * (self.stats.ratio() - self.mu))
+        neg_w = torch.sigmoid(self.gamma * (self.stats.ratio(logits.device) - self.mu))
         neg_w = torch.cat([neg_w, neg_w.new_ones(1)])  # the objectness column weighs 1
         pos_w = 1.0 + self.alpha * (1.0 - neg_w)
         neg_w = neg_w.to(logits.dtype).view(1, columns).expand(rows, columns)
@@ -450,7 +466,7 @@ class StraightEQL(Implementation):
         rows, classes = logits.shape
         target = _one_hot_rows(logits, labels, classes)
         exclude = (labels != classes).to(logits.dtype).view(rows, 1).expand(rows, classes)
-        threshold = self.rare.to(logits.dtype).view(1, classes).expand(rows, classes)
+        threshold = self.rare.to(logits).view(1, classes).expand(rows, classes)
         weight = 1.0 - exclude * threshold * (1.0 - target)
         bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
         loss = torch.sum(bce * weight) / rows
@@ -489,7 +505,8 @@ class StraightFocal(Implementation):
         rows, classes = logits.shape
         dtype = logits.dtype
         one_hot = _one_hot_rows(logits, labels, classes)
-        focusing = self.gamma_b + self.scale * (1.0 - self.stats.ratio().clamp(0.0, 1.0))
+        ratio = self.stats.ratio(logits.device)
+        focusing = self.gamma_b + self.scale * (1.0 - ratio.clamp(0.0, 1.0))
         weighting = focusing / self.gamma_b
         gamma = focusing.to(dtype).view(1, classes).expand(rows, classes)
         weight = weighting.to(dtype).view(1, classes).expand(rows, classes)
@@ -544,7 +561,7 @@ class StraightSoftmaxEQL(Implementation):
         classes = logits.shape[1]
         view = [1] * logits.dim()
         view[1] = classes
-        adjustment = self.tau * torch.log(self.stats.pos.clamp_min(self.eps))
+        adjustment = self.tau * torch.log(self.stats.pos.to(logits.device).clamp_min(self.eps))
         adjusted = logits + adjustment.to(logits.dtype).view(view).expand_as(logits)
         loss = F.cross_entropy(adjusted, labels, ignore_index=self.ignore_index)
         with torch.no_grad():
@@ -615,14 +632,22 @@ class PlainCrossEntropy(Implementation):
         return F.cross_entropy(inputs.logits, inputs.target, ignore_index=self.ignore_index)
 
 
-def build(case: Case, which: str, shape: Sequence[int], profile: LabelProfile) -> Implementation:
-    """Implementation ``which`` (``'a'``, ``'b'`` or ``'c'``) of ``case`` for ``shape``."""
+def build(
+    case: Case,
+    which: str,
+    shape: Sequence[int],
+    profile: LabelProfile,
+    device: torch.device | str = "cpu",
+) -> Implementation:
+    """Implementation ``which`` (``'a'``, ``'b'`` or ``'c'``) of ``case`` for ``shape``;
+    (a)'s module lives on ``device`` (the others follow their inputs)."""
     classes = case.num_classes(shape)
     ignore = PIXEL_IGNORE_INDEX if case.labels == "pixel" else -100
     _, images = profile.restricted(classes)
     context = LossContext(images, ignore_index=ignore, num_images=profile.num_images)
     if which == "a":
-        return LibraryLoss(BENCHMARK.build(case.loss, context), with_score=case.loss == "eqfl")
+        module = BENCHMARK.build(case.loss, context).to(device)
+        return LibraryLoss(module, with_score=case.loss == "eqfl")
     if case.loss in ("sigmoid-eql", "eql"):
         if which == "c":
             return PlainBCE(objectness=case.loss == "sigmoid-eql")
@@ -729,11 +754,19 @@ def _step(impl: Implementation, inputs: Inputs) -> Tensor:
     return loss
 
 
+def _synchronize(inputs: Inputs) -> None:
+    """Wait for an accelerator's queued work, so that wall-clock time covers it."""
+    if inputs.logits.device.type == "cuda":
+        torch.cuda.synchronize(inputs.logits.device)
+
+
 def _sample(impl: Implementation, inputs: Inputs, inner: int) -> float:
     """Milliseconds per forward+backward, averaged over ``inner`` calls."""
+    _synchronize(inputs)
     start = time.perf_counter()
     for _ in range(inner):
         _step(impl, inputs)
+    _synchronize(inputs)
     return (time.perf_counter() - start) * 1000.0 / inner
 
 
@@ -759,6 +792,7 @@ def time_case(
                 loss = _step(impl, inputs[key])
                 first_loss.setdefault(key, float(loss.detach()))
                 calls += 1
+            _synchronize(inputs[key])
             per_call_ms[key] = (time.perf_counter() - start) * 1000.0 / calls
     timings = {
         key: Timing(inner=max(1, min(MAX_INNER_CALLS, math.ceil(MIN_SAMPLE_SECONDS * 1000.0 / ms))))
@@ -782,8 +816,61 @@ def time_case(
     return timings, first_loss
 
 
+@contextlib.contextmanager
+def busy_processes(count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """``count`` CPU-bound Python processes (each a busy loop) for the duration of the
+    block; stopped however the block ends."""
+    processes = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        time.sleep(0.5)  # under way before anything is timed
+        yield processes
+    finally:
+        for process in processes:
+            process.kill()
+        for process in processes:
+            process.wait()
+
+
+def time_loaded(
+    case: Case,
+    profile: LabelProfile,
+    shape: Sequence[int],
+    *,
+    repeats: int,
+    warmup: int,
+    device: torch.device,
+    processes: int,
+) -> dict[str, Any]:
+    """(a) and (c) of ``case`` timed again (fresh modules, the same inputs) while other
+    processes compete for the CPU; their medians and the ratio a/c."""
+    base = make_inputs(case, shape, profile, seed=0, device=device)
+    inputs = {"a": base, "c": base.clone()}
+    impls = {key: build(case, key, shape, profile, device) for key in inputs}
+    timings, _ = time_case(impls, inputs, repeats=repeats, warmup=warmup)
+    medians = {key: timing.median for key, timing in timings.items()}
+    print(
+        f"  loaded {case.key:18s} "
+        + "  ".join(f"{k}={_ms(m)} ms" for k, m in medians.items())
+        + f"  a/c={medians['a'] / medians['c']:.2f}",
+        flush=True,
+    )
+    return {
+        "processes": processes,
+        "timings": {
+            key: {"median_ms": t.median, "iqr_ms": t.iqr, "samples_ms": t.samples_ms}
+            for key, t in timings.items()
+        },
+        "ratios": {"a/c": medians["a"] / medians["c"]},
+    }
+
+
 def fixed_overhead(
-    case: Case, profile: LabelProfile, columns: int, *, repeats: int
+    case: Case,
+    profile: LabelProfile,
+    columns: int,
+    *,
+    repeats: int,
+    device: torch.device | str = "cpu",
 ) -> dict[str, float]:
     """CPU time per step of (a) and (c) on ``FIXED_OVERHEAD_ROWS`` rows: what a step costs
     whatever its size (dispatch, Python, bookkeeping), and (a)'s excess over (c).
@@ -793,9 +880,9 @@ def fixed_overhead(
     times; interleaved samples of ``FIXED_OVERHEAD_CALLS`` calls, medians.
     """
     shape = (FIXED_OVERHEAD_ROWS, columns)
-    base = make_inputs(case, shape, profile, seed=0)
+    base = make_inputs(case, shape, profile, seed=0, device=device)
     inputs = {"a": base, "c": base.clone()}
-    impls = {key: build(case, key, shape, profile) for key in inputs}
+    impls = {key: build(case, key, shape, profile, device) for key in inputs}
     samples: dict[str, list[float]] = {key: [] for key in impls}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -1044,6 +1131,9 @@ def _metric(result: dict[str, Any], metric: str) -> float | None:
     if metric in ("a/b", "a/c"):
         value = result["ratios"].get(metric)
         return None if value is None else float(value)
+    if metric == "loaded a/c":
+        loaded = result.get("loaded")
+        return None if loaded is None else float(loaded["ratios"]["a/c"])
     if metric == "mem a":
         memory = result.get("memory", {}).get("a")
         return None if memory is None else float(memory["logit_units"])
@@ -1083,6 +1173,7 @@ def _rows(results: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]
         "(c) plain ms",
         "a/b",
         "a/c",
+        "a/c loaded",
         "mem a",
         "mem b",
         "mem c",
@@ -1098,8 +1189,8 @@ def _rows(results: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]
                 if timing is None
                 else f"{_ms(timing['median_ms'])} (IQR {_ms(timing['iqr_ms'])})"
             )
-        for ratio in ("a/b", "a/c"):
-            value = result["ratios"].get(ratio)
+        for ratio in ("a/b", "a/c", "loaded a/c"):
+            value = _metric(result, ratio)
             cells.append("-" if value is None else f"{value:.2f}")
         for impl in IMPLEMENTATIONS:
             memory = result.get("memory", {}).get(impl)
@@ -1182,6 +1273,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads", type=positive_int, default=2, help="torch.set_num_threads (default 2)"
     )
     parser.add_argument(
+        "--load",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="also time every case with N CPU-bound processes running beside it (the "
+        "benchmark starts and stops them) and report the ratios with and without them "
+        "(default 0: only a quiet machine)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the logits live (default cpu); on cuda, memory is not measured",
+    )
+    parser.add_argument(
         "--losses",
         nargs="+",
         type=_selection,
@@ -1259,6 +1365,11 @@ def run(args: argparse.Namespace) -> int:
     counts, how = _counts_argument(args.lvis_counts)
     profile = load_profile(counts)
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise BenchmarkError("--device: expected a CUDA device, but torch sees none")
+    device = torch.device(args.device)
+    if device.type != "cpu":
+        with_memory = False  # the memory is the resident set of the host process
     torch.set_num_threads(args.threads)
     env = environment()
     malloc = " ".join(f"{k}={v}" for k, v in env["malloc_env"].items()) or "none (glibc defaults)"
@@ -1278,7 +1389,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"memory: one fresh process per case, run with {child}")
     else:
         print("memory: not measured (--memory to measure)")
-    print(f"labels: {profile.source} [{how}]")
+    print(f"labels: {profile.source} [{how}]; device: {device}")
+    if args.load:
+        print(f"load: every case is timed again beside {args.load} busy processes")
     print(f"load average at start: {_load_text()}", flush=True)
     _warn_if_busy(args.threads)
 
@@ -1294,9 +1407,9 @@ def run(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     for case in cases:
         shape = case.shape_for(args.size)
-        base = make_inputs(case, shape, profile, seed=0)
+        base = make_inputs(case, shape, profile, seed=0, device=device)
         inputs = {"a": base, "b": base.clone(), "c": base.clone()}
-        impls = {key: build(case, key, shape, profile) for key in IMPLEMENTATIONS}
+        impls = {key: build(case, key, shape, profile, device) for key in IMPLEMENTATIONS}
         timings, first_loss = time_case(impls, inputs, repeats=repeats, warmup=warmup)
         del inputs, base
         gc.collect()
@@ -1340,13 +1453,29 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
+    if args.load:
+        with busy_processes(args.load):
+            print(f"load average beside {args.load} busy processes: {_load_text()}", flush=True)
+            for result in results:
+                result["loaded"] = time_loaded(
+                    CASES[result["case"]],
+                    profile,
+                    result["shape"],
+                    repeats=repeats,
+                    warmup=warmup,
+                    device=device,
+                    processes=args.load,
+                )
+
     # After every wall-clock timing: the one-thread measurement changes the thread pool,
     # which was seen to slow the two-thread cases timed after it.
     for result in results:
         case = CASES[result["case"]]
         if any(target.metric == "fixed a-c ms" for target in case.targets):
             columns = result["shape"][1]
-            result["fixed_overhead"] = fixed_overhead(case, profile, columns, repeats=repeats)
+            result["fixed_overhead"] = fixed_overhead(
+                case, profile, columns, repeats=repeats, device=device
+            )
 
     calibration: dict[str, Any] | None = None
     if with_memory:
@@ -1373,7 +1502,8 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(
         "ms: median (interquartile range) of forward+backward, with the statistics update, "
-        "per call; a/b, a/c: ratios of the medians; mem: peak resident memory above "
+        "per call; a/b, a/c: ratios of the medians (a/c loaded: beside --load busy "
+        "processes); mem: peak resident memory above "
         "the inputs during one step, counting the returned gradient, in logit-sized float32 "
         "tensors."
     )
@@ -1413,6 +1543,8 @@ def run(args: argparse.Namespace) -> int:
             "repeats": repeats,
             "warmup": warmup,
             "threads": args.threads,
+            "load": args.load,
+            "device": str(device),
             "labels": profile.source,
             "environment": env,
             "verification_max_relative_difference": verification,

@@ -81,7 +81,8 @@ def test_smoke_run_reports_every_loss_with_ratios(
             assert float(match.group(2)) >= 0
         _positive_number(row[6])  # a/b
         _positive_number(row[7])  # a/c
-        assert row[8:11] == ["-", "-", "-"]  # memory is off by default at smoke size
+        assert row[8] == "-"  # no --load
+        assert row[9:12] == ["-", "-", "-"]  # memory is off by default at smoke size
     for title in ("Sigmoid-EQL", "EQL", "EFL", "EQFL", "Softmax-EQL"):
         assert any(row[0] == title for row in rows)
     assert "targets (the targets are for --size full" in out
@@ -221,9 +222,13 @@ def test_fixed_overhead_finds_a_known_cost(monkeypatch: pytest.MonkeyPatch) -> N
     original = benchmark.build
 
     def spinning(
-        case: benchmark.Case, which: str, shape: tuple[int, ...], profile: benchmark.LabelProfile
+        case: benchmark.Case,
+        which: str,
+        shape: tuple[int, ...],
+        profile: benchmark.LabelProfile,
+        device: torch.device | str = "cpu",
     ) -> benchmark.Implementation:
-        plain = original(case, "c", shape, profile)
+        plain = original(case, "c", shape, profile, device)
         return _SpinningLoss(plain, 0.3) if which == "a" else plain
 
     monkeypatch.setattr(benchmark, "build", spinning)
@@ -251,3 +256,40 @@ def test_memory_case_reads_a_known_allocation() -> None:
     assert calibration["logit_units"] == pytest.approx(3.0, abs=0.15)
     # at least the returned gradient, and far from the straightforward form's ~7
     assert 0.9 <= library["logit_units"] <= 2.0
+
+
+@pytest.mark.usefixtures("keep_threads")
+def test_load_times_every_case_again_beside_busy_processes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    saved = tmp_path / "bench.json"
+    args = _args(
+        "--size", "smoke", "--repeats", "1", "--threads", "1", "--losses", "efl",
+        "--load", "1", "--json", str(saved),
+    )  # fmt: skip
+    assert benchmark.run(args) == 0
+    out = capsys.readouterr().out
+    assert "beside 1 busy processes" in out
+    rows = _table_rows(out)
+    assert [row[0] for row in rows] == ["EFL", "EFL"]
+    payload = json.loads(saved.read_text())
+    assert payload["load"] == 1
+    for result, row in zip(payload["results"], rows, strict=True):
+        loaded = result["loaded"]
+        assert loaded["processes"] == 1
+        medians = {k: loaded["timings"][k]["median_ms"] for k in "ac"}
+        assert loaded["ratios"]["a/c"] == pytest.approx(medians["a"] / medians["c"])
+        assert float(row[8]) == pytest.approx(loaded["ratios"]["a/c"], abs=0.005)
+    assert "loaded a/c = " in out
+
+
+def test_busy_processes_are_stopped_however_the_block_ends() -> None:
+    with pytest.raises(KeyboardInterrupt), benchmark.busy_processes(2) as processes:
+        assert all(process.poll() is None for process in processes)
+        raise KeyboardInterrupt
+    assert all(process.poll() is not None for process in processes)
+
+
+def test_load_must_not_be_negative() -> None:
+    with pytest.raises(SystemExit):
+        _args("--load", "-1")
