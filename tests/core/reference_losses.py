@@ -168,29 +168,34 @@ def cross_entropy_ref(
     label_smoothing=0.0,
 ):
     """Cross-entropy on ``z + adjustment`` (dropped entries removed from the softmax),
-    per sample, times the per-sample weight; 'mean' over non-ignored samples.
+    per sample, times the per-sample weight; 'mean' over the samples that count (not
+    ignored, weight not 0).
 
     Returns ``(loss, t)`` with ``t`` the ``(M, C)`` target the statistics split by (the
     one-hot hard label, or the soft target)."""
     C = logits.shape[1]
     z = class_last(logits)
-    zt = z if adjustment is None else z + adjustment.to(z.dtype)
-    if dropped is not None:
-        zt = zt.masked_fill(dropped, float("-inf"))
-    log_p = F.log_softmax(zt, dim=1)
-    if target.is_floating_point():
+    soft = target.is_floating_point()
+    if soft:
         t = target.double()
         valid = torch.ones(t.shape[0], dtype=torch.bool)
-        per_sample = -(t.to(z.dtype) * log_p).sum(1)
     else:
         t, valid = one_hot_rows(target, C, ignore_index=ignore_index)
+    rows = row_multiplier(valid, weight)
+    zt = z if adjustment is None else z + adjustment.to(z.dtype)
+    if dropped is not None:  # in the rows that count; the others are out of the loss
+        zt = zt.masked_fill(dropped & (rows != 0)[:, None], float("-inf"))
+    log_p = F.log_softmax(zt, dim=1)
+    if soft:
+        per_sample = -(t.to(z.dtype) * log_p).sum(1)
+    else:
         labels = torch.where(valid, target.reshape(-1).long(), 0)
         per_sample = -log_p.gather(1, labels[:, None]).squeeze(1)
         if label_smoothing:
             per_sample = (1 - label_smoothing) * per_sample - label_smoothing * log_p.mean(1)
-    per_sample = per_sample * row_multiplier(valid, weight).to(z.dtype)
+    per_sample = per_sample * rows.to(z.dtype)
     rows_shape = (logits.shape[0], *logits.shape[2:])
-    return reduce_loss(per_sample, reduction, valid.sum(), rows_shape), t
+    return reduce_loss(per_sample, reduction, (rows != 0).sum(), rows_shape), t
 
 
 def eql_softmax_drop_ref(logits, target, rare, drop_prob, generator):
@@ -210,10 +215,12 @@ def efl_factors_ref(g, gamma_b=2.0, scale=8.0):
     return gamma, gamma / gamma_b
 
 
-def focal_normaliser(y, valid, avg_factor):
-    """Number of positive samples (or ``avg_factor``), at least 1."""
-    Z = float((y.sum(1) * valid).sum()) if avg_factor is None else float(avg_factor)
-    return max(Z, 1.0)
+def focal_normaliser(y, rows, avg_factor):
+    """``avg_factor`` as given, else the number of positive samples that count (``rows``
+    the per-row multiplier: 0 for ignored or zero-weight rows), at least 1."""
+    if avg_factor is not None:
+        return float(avg_factor)
+    return max(float((y.sum(1) * (rows != 0)).sum()), 1.0)
 
 
 def efl_ref(
@@ -240,9 +247,10 @@ def efl_ref(
     alpha_t = alpha * yz + (1 - alpha) * (1 - yz)
     g, ww = gamma.to(z.dtype), w.to(z.dtype)
     entries = alpha_t * ww * torch.exp(g * log_1m_pt) * (-log_pt)
-    entries = entries * row_multiplier(valid, weight).to(z.dtype)[:, None]
+    rows = row_multiplier(valid, weight)
+    entries = entries * rows.to(z.dtype)[:, None]
     if reduction == "mean":
-        return entries.sum() / focal_normaliser(y, valid, avg_factor), y
+        return entries.sum() / focal_normaliser(y, rows, avg_factor), y
     return reduce_loss(entries, reduction, 1, logits.shape), y
 
 
@@ -267,9 +275,10 @@ def eqfl_ref(
     modulator = (t - torch.sigmoid(z)).abs() ** gamma.to(z.dtype)
     bce = F.binary_cross_entropy_with_logits(z, t, reduction="none")
     entries = w.to(z.dtype) * modulator * bce
-    entries = entries * row_multiplier(valid, weight).to(z.dtype)[:, None]
+    rows = row_multiplier(valid, weight)
+    entries = entries * rows.to(z.dtype)[:, None]
     if reduction == "mean":
-        return entries.sum() / focal_normaliser(y, valid, avg_factor), y
+        return entries.sum() / focal_normaliser(y, rows, avg_factor), y
     return reduce_loss(entries, reduction, 1, logits.shape), y
 
 
@@ -441,9 +450,11 @@ def close(actual, expected, dtype):
         torch.float16: (2e-2, 2e-3),
         torch.bfloat16: (5e-2, 1e-2),
     }[dtype]
-    torch.testing.assert_close(
-        actual.detach().double(), expected.detach().double(), rtol=tol[0], atol=tol[1]
-    )
+    actual, expected = actual.detach().double(), expected.detach().double()
+    # the same test, cheaply first: assert_close costs milliseconds a call
+    if actual.shape == expected.shape and torch.allclose(actual, expected, tol[0], tol[1]):
+        return
+    torch.testing.assert_close(actual, expected, rtol=tol[0], atol=tol[1])
 
 
 # ------------------------------------------------------------------- federated loss
@@ -457,3 +468,33 @@ def federated_ref(logits, target, chosen, *, weight=None, reduction="mean", igno
     return weighted_bce(
         z, y, W, row_multiplier(valid, weight), reduction, (*target.shape, num_classes)
     )
+
+
+# ------------------------------------------------------------ count-based softmax peers
+def log_prior_ref(counts, tau=1.0):
+    """Balanced Softmax / logit adjustment: ``τ log π_j``, ``π_j = max(n_j, 1) / Σ max(n_k, 1)``."""
+    n = torch.clamp(counts.double(), min=1.0)
+    return tau * torch.log(n / n.sum())
+
+
+def class_balanced_weights_ref(counts, beta):
+    """Cui et al.: ``w̃_j = (1 - β) / (1 - β^max(n_j, 1))``, scaled to sum to ``C``."""
+    n = torch.clamp(counts.double(), min=1.0)
+    raw = (1 - beta) / (1 - beta**n)
+    return raw / raw.sum() * n.numel()
+
+
+def seesaw_log_factors_ref(rows, labels, counts, p=0.8, q=2.0, eps=1e-2):
+    """``log S_ij`` of the Seesaw loss for ``(M, C)`` logit rows and labels in ``[0, C)``:
+    ``S = M·C`` off the target column, 1 on it, with mitigation ``(N_j / N_y)^p`` where
+    ``N_j < N_y`` (counts floored at 1) and compensation ``(σ_j / max(σ_y, ε))^q`` where
+    above 1, ``σ`` the softmax of the detached logits."""
+    n = torch.clamp(counts.double(), min=1.0)
+    ratio = n[None, :] / n[labels][:, None]
+    mitigation = torch.where(ratio < 1, ratio**p, torch.ones_like(ratio))
+    scores = torch.softmax(rows.detach().double(), dim=1)
+    own = torch.clamp(scores.gather(1, labels[:, None]), min=eps)
+    score_ratio = scores / own
+    compensation = torch.where(score_ratio > 1, score_ratio**q, torch.ones_like(score_ratio))
+    not_target = 1 - F.one_hot(labels, rows.shape[1]).double()
+    return torch.log(mitigation * compensation) * not_target
