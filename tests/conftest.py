@@ -7,9 +7,7 @@ import struct
 from pathlib import Path
 
 import pytest
-
-# ../shared/data beside the repository (CI lays a copy of shared/ there too)
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from shared_data import SHARED_DATA
 
 
 @pytest.fixture(scope="session")

@@ -178,6 +178,8 @@ def cross_entropy_ref(
     soft = target.is_floating_point()
     if soft:
         t = target.double()
+        if label_smoothing:  # as F.cross_entropy smooths probability targets
+            t = t * (1 - label_smoothing) + label_smoothing / C
         valid = torch.ones(t.shape[0], dtype=torch.bool)
     else:
         t, valid = one_hot_rows(target, C, ignore_index=ignore_index)

@@ -5,7 +5,6 @@ import csv
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SHARED_DATA
 from reference_losses import (
     RefEQLSigmoid,
     RefEQLSoftmax,
@@ -16,6 +15,7 @@ from reference_losses import (
     skewed_labels,
     split_by_target,
 )
+from shared_data import SHARED_DATA
 
 from eqlosses import EQL
 from eqlosses.functional import eql_sigmoid, eql_softmax

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from reference_losses import (
     RefEFL,
@@ -327,7 +327,9 @@ def torch_cross_entropy(
         rows = rows + adjustment
     target = batch.clean_target
     if target.is_floating_point():
-        per_sample = F.cross_entropy(rows, target, reduction="none")
+        per_sample = F.cross_entropy(
+            rows, target, reduction="none", label_smoothing=options.get("label_smoothing", 0.0)
+        )
     else:
         per_sample = F.cross_entropy(
             rows,
@@ -525,10 +527,8 @@ SOFTMAX_EQL = Case(
     options=lambda C: _common(
         tau=st.sampled_from([1.0, 0.0, 0.5, 2.0]),
         eps=st.sampled_from([1e-4, 1e-2]),
-        # ("neg", "prior") is left to test_softmax_eql_statistics_stay_non_negative: today
-        # its adjustment turns NaN after a step
         indicator_form=st.sampled_from(
-            [("pos", "canonical"), ("neg", "canonical"), ("pos", "prior")]
+            [("pos", "canonical"), ("neg", "canonical"), ("pos", "prior"), ("neg", "prior")]
         ),
         label_smoothing=st.sampled_from([0.0, 0.1]),
     ).map(_split_indicator_form),
@@ -615,9 +615,7 @@ EQL_SIGMOID = Case(
 
 EQL_SOFTMAX = Case(
     options=lambda C: _common(
-        # class 0 is never rare here: a rare class 0 is left to
-        # test_dropped_rows_of_eql_softmax_with_a_rare_class_0, which fails today
-        counts=_counts(C - 1, 10).map(lambda counts: [10, *counts]),
+        counts=_counts(C, 10),
         threshold=st.sampled_from([0.35, 0.75, 0.0]),
         drop_prob=st.sampled_from([0.5, 0.0, 1.0]),
         seed=st.integers(0, 2**16),
@@ -1195,14 +1193,8 @@ def test_functional_forms_with_any_factors(name: str, data: st.DataObject) -> No
 # ------------------------------------------------------------ known library defects
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="soft targets: label_smoothing is silently ignored, while the documented "
-    "behaviour is that of F.cross_entropy, which smooths probability targets too",
-)
 @pytest.mark.parametrize("name", ["softmax_eql", "balanced_softmax"])
-# expected to fail today: no shrinking of the failing example, which costs seconds
-@settings(PROFILE, max_examples=10, phases=[Phase.explicit, Phase.generate])
+@settings(PROFILE, max_examples=10)
 @given(data=st.data())
 def test_soft_targets_with_label_smoothing(name: str, data: st.DataObject) -> None:
     """Soft targets and label_smoothing > 0: the loss is F.cross_entropy's with the same
@@ -1229,12 +1221,6 @@ def test_soft_targets_with_label_smoothing(name: str, data: st.DataObject) -> No
     close(got, F.cross_entropy(logits, target, label_smoothing=smoothing), F64)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SoftmaxEQL's neg_grad can come out slightly negative (the target's share is "
-    "subtracted from a sum over every column); with indicator='neg', form='prior' the "
-    "adjustment is then NaN and every later loss NaN",
-)
 def test_softmax_eql_statistics_stay_non_negative() -> None:
     """Class 0 is the target of every row, so its negative gradient is 0: the sums are of
     magnitudes and never fall below 0, and the 'prior' adjustment of the next step is
@@ -1251,12 +1237,6 @@ def test_softmax_eql_statistics_stay_non_negative() -> None:
         close(loss, want, F64)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="EQL(activation='softmax'): a dropped row (ignored, or weighing 0) is computed "
-    "with label 0; when class 0 is rare and its entry is drawn dropped, that row's loss is "
-    "inf, times 0 NaN: the loss is NaN and the statistics step is dropped",
-)
 @pytest.mark.parametrize("how", ["ignore_index", "zero_weight"])
 def test_dropped_rows_of_eql_softmax_with_a_rare_class_0(how: str) -> None:
     """Rare classes 0 and 1 (counts 0 and 1 of 10 images, threshold 0.35), every rare
@@ -1291,11 +1271,6 @@ def test_dropped_rows_of_eql_softmax_with_a_rare_class_0(how: str) -> None:
     close(module.neg_grad, reference.neg, F64)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="EQL(activation='softmax') draws its random numbers before the labels and "
-    "weights are checked, so a call that raises advances its generator",
-)
 @pytest.mark.parametrize("bad", ["target", "weight"])
 def test_a_failed_eql_softmax_call_keeps_its_draws(bad: str) -> None:
     """After a call that raises, the next step draws what it would have drawn without

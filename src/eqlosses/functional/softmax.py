@@ -29,7 +29,6 @@ from ..labels import (
     REDUCTIONS,
     Reduction,
     check_logits,
-    check_same_rows,
     class_vector_length,
     mean_scale,
     prepare_rows,
@@ -153,7 +152,9 @@ def _softmax_kernel(
             grad.mul_(row_factor if grad_scale is None else row_factor * grad_scale)
             grad.scatter_(1, label, target_grad if grad_scale is None else target_grad * grad_scale)
             flat_label = label.view(-1)
-            neg_inc.index_add_(0, flat_label, weighted_prob.view(-1), alpha=-1.0)
+            # the targets' share comes out of the column sums: clamped, so that rounding
+            # cannot leave a class a (tiny) negative magnitude
+            neg_inc.index_add_(0, flat_label, weighted_prob.view(-1), alpha=-1.0).clamp_min_(0.0)
             pos_inc = torch.zeros(num_columns, dtype=logits.dtype, device=logits.device)
             pos_inc.index_add_(0, flat_label, target_grad.view(-1), alpha=-1.0)
         else:
@@ -232,6 +233,9 @@ def cross_entropy_blocks(
             check_values(
                 ~negative, "target: expected non-negative soft targets, got negative (or NaN)"
             )
+        if label_smoothing > 0:
+            # as F.cross_entropy smooths probability targets
+            soft = soft * (1.0 - label_smoothing) + label_smoothing / num_classes
         if rows.keep is not None:
             soft = torch.where(rows.keep.unsqueeze(1), soft, 0.0)
     else:
@@ -372,19 +376,34 @@ def eql_softmax(
         raise ValueError(f"logits: expected shape (N, C), got {tuple(logits.shape)}")
     check_number("drop_prob", drop_prob, low=0.0, high=1.0)
     num_classes = rare.shape[0]
-    check_same_rows("target", target, logits.shape[:1])
-    if target.is_floating_point():
+    if check_tensor("target", target).is_floating_point():
         raise ValueError(f"target: EQL v1 takes integer labels, got dtype {target.dtype}")
+    # the labels and weights are checked before anything is drawn: a call that raises
+    # leaves the generator where it was
+    rows = prepare_rows(
+        target,
+        logits.shape[:1],
+        num_classes,
+        allow_background=False,
+        ignore_index=ignore_index,
+        weight=weight,
+        dtype=compute_dtype(logits),
+        validate=validate,
+    )
+    assert rows.labels is not None
     draw = torch.rand(logits.shape, generator=generator, device=logits.device) < drop_prob
-    # the target entry of each row is never dropped; an ignored or out-of-range label
-    # marks no entry (it lands in a spare last column)
-    labels = target.long()
+    # the target entry of each row is never dropped (an unchecked out-of-range label
+    # marks none: it lands in a spare last column), nor is any entry of a row that does
+    # not count, whose logits the kernel replaces by zeros
+    labels = rows.labels
     in_range = (labels >= 0) & (labels < num_classes)
     target_column = torch.where(in_range, labels, num_classes).unsqueeze(1)
     is_target = torch.zeros(
         logits.shape[0], num_classes + 1, dtype=torch.bool, device=logits.device
     ).scatter_(1, target_column, True)[:, :num_classes]
     dropped = draw & rare.to(device=logits.device, dtype=torch.bool) & ~is_target
+    if rows.keep is not None:
+        dropped = dropped & rows.keep.unsqueeze(1)
     return cross_entropy_blocks(
         logits,
         target,
@@ -398,5 +417,5 @@ def eql_softmax(
         reduction=reduction,
         ignore_index=ignore_index,
         label_smoothing=0.0,
-        validate=validate,
+        validate=False,  # checked above
     )

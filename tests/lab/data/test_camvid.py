@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA
 from PIL import Image
+from shared_data import SHARED_DATA
 
 from eqlosses_lab.data.camvid import CAMVID_CLASSES, CAMVID_IGNORE_INDEX, load_camvid
 from eqlosses_lab.errors import DatasetNotFoundError
