@@ -58,8 +58,14 @@ def sample() -> tuple[float, float, str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="results.json to write")
+    parser.add_argument("--out", type=Path, help="results.json to write")
     parser.add_argument("--samples", type=int, default=15, help="fresh interpreters (15)")
+    parser.add_argument(
+        "--limit",
+        type=float,
+        metavar="SECONDS",
+        help="fail (exit 1) when the median is not below this (CI holds it under 0.3 s)",
+    )
     args = parser.parse_args(argv)
     if args.samples < 1:
         parser.error(f"--samples: expected at least 1, got {args.samples}")
@@ -87,13 +93,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             "load_average": os.getloadavg(),
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=1) + "\n")
+    median_ms = payload["eqlosses_ms"]["median"]
     print(
-        f"import eqlosses adds {payload['eqlosses_ms']['median']:.0f} ms to import torch "
-        f"({payload['torch_ms']['median']:.0f} ms), median of {args.samples}; "
-        f"written to {args.out}"
+        f"import eqlosses adds {median_ms:.0f} ms to import torch "
+        f"({payload['torch_ms']['median']:.0f} ms), median of {args.samples}"
     )
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(payload, indent=1) + "\n")
+        print(f"written to {args.out}")
+    if args.limit is not None and not median_ms < args.limit * 1000:
+        print(f"import_time: {median_ms:.0f} ms is not under the limit of {args.limit} s")
+        return 1
     return 0
 
 
