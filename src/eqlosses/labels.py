@@ -40,7 +40,7 @@ from .checks import (
 Reduction = Literal["mean", "sum", "none"]
 BackgroundIndex = Literal["last", "first"]
 
-REDUCTIONS = ("mean", "sum", "none")
+REDUCTIONS: tuple[Reduction, ...] = ("mean", "sum", "none")
 BACKGROUND_INDICES = ("last", "first")
 
 

@@ -48,6 +48,7 @@ from eqlosses.checks import check_tensor
 from eqlosses.functional import LossOutput
 from eqlosses.functional._fused import compute_dtype
 from eqlosses.functional.focal import check_avg_factor
+from eqlosses.labels import REDUCTIONS, Reduction
 
 __all__ = [
     "EQL",
@@ -59,8 +60,6 @@ __all__ = [
     "SoftmaxEQL",
 ]
 
-Reduction = Literal["mean", "sum", "none"]
-REDUCTIONS: tuple[Reduction, ...] = ("mean", "sum", "none")
 PENDING_KEYS = (
     "calls",
     "iteration",
