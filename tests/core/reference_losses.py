@@ -1,8 +1,8 @@
-"""Plain autograd references of the equalization losses, written from /work/shared/SPEC.md.
+"""Plain autograd references of the equalization losses, written from the papers' formulas.
 
 Everything here is deliberately naive: one-hot targets, explicit weight matrices,
 ``F.binary_cross_entropy_with_logits`` / ``F.log_softmax`` / ``F.logsigmoid`` and
-``torch.autograd.grad`` for the statistics wherever the SPEC says the statistics are the
+``torch.autograd.grad`` for the statistics wherever the papers define the statistics as the
 true gradient. Nothing is imported from ``eqlosses``. Label layout: integer labels in
 ``[0, C]`` with ``C`` = background (``background_index='first'``: 0 = background, classes
 ``1..C``), rows equal to ``ignore_index`` dropped.
@@ -58,7 +58,7 @@ def weighted_bce(z, y, W, rows, reduction, shape):
 
 
 def sigmoid_eql_factors_ref(g, gamma=12.0, mu=0.8, alpha=4.0):
-    """SPEC §2: ``r = 1 / (1 + exp(-γ (g - μ)))``, ``q = 1 + α (1 - r)``."""
+    """EQLv2 (Tan et al., CVPR 2021): ``r = 1 / (1 + exp(-γ (g - μ)))``, ``q = 1 + α (1 - r)``."""
     r = 1.0 / (1.0 + torch.exp(-gamma * (g - mu)))
     return 1.0 + alpha * (1.0 - r), r
 
@@ -75,7 +75,7 @@ def sigmoid_eql_ref(
     ignore_index=-100,
     background_index="last",
 ):
-    """Sigmoid-EQL loss and the SPEC statistics ``|σ(z) - y|·W`` split by ``y`` (no 1/N).
+    """Sigmoid-EQL loss and its statistics ``|σ(z) - y|·W`` split by ``y`` (no 1/N).
 
     Returns ``(loss, pos, neg)``."""
     C = q.numel()
@@ -112,7 +112,7 @@ def eql_sigmoid_ref(
     ignore_index=-100,
     background_index="last",
 ):
-    """EQL v1 sigmoid (SPEC §5): ``W = 1 - E_i T_j (1 - y_ij)``; statistics as Sigmoid-EQL
+    """EQL v1 sigmoid (Tan et al., CVPR 2020): ``W = 1 - E_i T_j (1 - y_ij)``; statistics as Sigmoid-EQL
     (``|σ(z) - y|·W`` split by ``y``, no 1/N)."""
     C = rare.numel()
     z = logits.reshape(-1, C)
@@ -137,7 +137,7 @@ def class_last(logits):
 
 
 def softmax_eql_adjustment_ref(indicator, tau=1.0, eps=1e-4, form="canonical"):
-    """SPEC §3. canonical: ``τ log(max(I_j, ε))``; prior: ``log((I_j/Σ I)^τ + 1e-9)``
+    """Softmax-EQL (Tan et al., TPAMI). canonical: ``τ log(max(I_j, ε))``; prior: ``log((I_j/Σ I)^τ + 1e-9)``
     (0 while ``I`` is all zero, i.e. plain cross-entropy)."""
     ind = indicator.double()
     if form == "canonical":
@@ -212,7 +212,7 @@ def eql_softmax_drop_ref(logits, target, rare, drop_prob, generator):
 
 # --------------------------------------------------------------------- focal (EFL, EQFL)
 def efl_factors_ref(g, gamma_b=2.0, scale=8.0):
-    """SPEC §4: ``γ_j = γ_b + s (1 - clamp(g, 0, 1))``, ``w_j = γ_j / γ_b``."""
+    """EFL (Li et al., CVPR 2022): ``γ_j = γ_b + s (1 - clamp(g, 0, 1))``, ``w_j = γ_j / γ_b``."""
     gamma = gamma_b + scale * (1 - torch.clamp(g, 0.0, 1.0))
     return gamma, gamma / gamma_b
 
@@ -294,7 +294,7 @@ def sigmoid_focal_ref(logits, y, gamma=2.0, alpha=0.25):
 
 # ------------------------------------------------------------------ stateful references
 class _RefStream:
-    """Cumulative float64 pos/neg sums with an update counter (SPEC §1, §6)."""
+    """Cumulative float64 pos/neg sums with an update counter ("not yet updated" is state)."""
 
     initial_ratio = 1.0
     channels_first = False  # softmax losses: (N, C, d1, ...); the others: (..., C)

@@ -1,4 +1,4 @@
-"""EQL v1 (sigmoid and softmax forms) against reference_losses.py (SPEC §5)."""
+"""EQL v1 (sigmoid and softmax forms) against reference_losses.py (Tan et al., CVPR 2020)."""
 
 import csv
 
@@ -191,7 +191,7 @@ def test_lvis_rare_classes(name, num_images, threshold, num_classes, num_rare):
     assert len(counts) == num_classes
     module = EQL(counts, num_images, threshold)
     assert module.rare.shape == (num_classes,)
-    assert int(module.rare.sum()) == num_rare  # SPEC §5
+    assert int(module.rare.sum()) == num_rare  # the classes under the frequency threshold λ
     expected = torch.tensor([c / num_images < threshold for c in counts])
     assert torch.equal(module.rare.bool(), expected)
 

@@ -1,5 +1,5 @@
 """Equalized Focal Loss (EFL) and its quality variant (EQFL) against reference_losses.py
-(SPEC §4)."""
+(Li et al., CVPR 2022)."""
 
 import pytest
 import torch
@@ -278,7 +278,7 @@ def test_avg_factor_divides_loss_and_statistics():
 
 
 def test_fractional_avg_factor_statistics_are_true_gradient():
-    """SPEC §4: the statistics are the true gradient of the normalised loss; an
+    """EFL's statistics are the true gradient of the normalised loss; an
     avg_factor below 1 (positives averaged over ranks) must not break that."""
     gen = torch.Generator().manual_seed(26)
     logits, target, _, _ = batch(gen)

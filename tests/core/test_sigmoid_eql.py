@@ -1,4 +1,4 @@
-"""Sigmoid-EQL (EQLv2) against the plain references of reference_losses.py (SPEC §2)."""
+"""Sigmoid-EQL (EQLv2) against the plain references of reference_losses.py (Tan et al., CVPR 2021)."""
 
 import math
 
@@ -274,7 +274,7 @@ def test_background_index_first_equals_shifted_last():
 
 
 def test_float16_gradient_survives_loss_scaling():
-    """SPEC §6: the gradient is kept in float32, so entries below float16's range before
+    """The gradient is kept in float32, so entries below float16's range before
     the loss scale is applied are right after it."""
     z = torch.full((4, 3), -16.0)  # σ(-16)/4 ≈ 2.8e-8, below float16's smallest subnormal
     z[:, 0] = 4.0

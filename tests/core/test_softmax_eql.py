@@ -1,4 +1,4 @@
-"""Softmax-EQL against the plain references of reference_losses.py (SPEC §3)."""
+"""Softmax-EQL against the plain references of reference_losses.py (Tan et al., TPAMI)."""
 
 import math
 
