@@ -112,8 +112,8 @@ def eql_sigmoid_ref(
     ignore_index=-100,
     background_index="last",
 ):
-    """EQL v1 sigmoid (Tan et al., CVPR 2020): ``W = 1 - E_i T_j (1 - y_ij)``; statistics as Sigmoid-EQL
-    (``|σ(z) - y|·W`` split by ``y``, no 1/N)."""
+    """EQL v1 sigmoid (Tan et al., CVPR 2020): ``W = 1 - E_i T_j (1 - y_ij)``; statistics
+    as Sigmoid-EQL (``|σ(z) - y|·W`` split by ``y``, no 1/N)."""
     C = rare.numel()
     z = logits.reshape(-1, C)
     y, valid = one_hot_rows(target, C, background_index=background_index, ignore_index=ignore_index)
@@ -137,8 +137,8 @@ def class_last(logits):
 
 
 def softmax_eql_adjustment_ref(indicator, tau=1.0, eps=1e-4, form="canonical"):
-    """Softmax-EQL (Tan et al., TPAMI). canonical: ``τ log(max(I_j, ε))``; prior: ``log((I_j/Σ I)^τ + 1e-9)``
-    (0 while ``I`` is all zero, i.e. plain cross-entropy)."""
+    """Softmax-EQL (Tan et al., TPAMI). canonical: ``τ log(max(I_j, ε))``; prior:
+    ``log((I_j/Σ I)^τ + 1e-9)`` (0 while ``I`` is all zero, i.e. plain cross-entropy)."""
     ind = indicator.double()
     if form == "canonical":
         return tau * torch.log(torch.clamp(ind, min=eps))

@@ -1,4 +1,5 @@
-"""Sigmoid-EQL (EQLv2) against the plain references of reference_losses.py (Tan et al., CVPR 2021)."""
+"""Sigmoid-EQL (EQLv2, Tan et al., CVPR 2021) against the plain references of
+reference_losses.py."""
 
 import math
 
