@@ -9,9 +9,9 @@ stored in float32 (float64 for float64 logits) and attached to the loss with
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import torch
@@ -21,14 +21,6 @@ from torch import Tensor
 # large enough that the per-operation overhead of a block is amortised.
 BLOCK_ELEMENTS = 1 << 17
 
-# With several intra-op threads on the CPU, the blocks are cut below ATen's intra-op grain
-# (32768 elements), so that each operation runs on the thread that calls it, and the
-# blocks are shared out to that many threads of our own. Intra-op parallelism would run
-# every operation of every block across the threads, each ending on a barrier that waits
-# for the slowest thread: on a machine busy with other processes (data loaders) one
-# descheduled thread stalls them all. Threads that take whole blocks from a queue only
-# meet once, at the end.
-THREADED_BLOCK_ELEMENTS = (1 << 15) - 1
 
 
 class LossOutput(NamedTuple):
@@ -209,7 +201,7 @@ def run_blocks(
     loss_kind: str,
     keep: Tensor | None = None,
     block_elements: int = BLOCK_ELEMENTS,
-    threaded: bool = True,
+    one_thread: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Run ``kernel`` over the rows of ``logits``; returns loss, gradient and increments.
 
@@ -220,15 +212,10 @@ def run_blocks(
     result has the logits' shape without the class dimension). ``keep`` (flat bool per
     row) marks the rows that count: the kernels see zeros in the others, so that their
     logits (``inf``, NaN) cannot reach the loss, the gradient or the statistics.
-    ``threaded``: the kernel may run on blocks of :data:`THREADED_BLOCK_ELEMENTS` shared out
-    to the intra-op threads (on the CPU, when there are several); the blocks' results are
-    combined in block order, so the result does not depend on which thread ran which.
+    ``one_thread``: on the CPU, the blocks run with one intra-op thread (see
+    :func:`_intra_op_threads`), so the result does not depend on the thread count either.
     """
-    threads = torch.get_num_threads() if threaded and logits.device.type == "cpu" else 1
-    if threads > 1 and logits.numel() > THREADED_BLOCK_ELEMENTS:
-        block_elements = min(block_elements, THREADED_BLOCK_ELEMENTS)
-    else:
-        threads = 1
+    serial = one_thread and logits.device.type == "cpu" and logits.numel() > block_elements
     arguments = (
         logits,
         kernel,
@@ -237,7 +224,7 @@ def run_blocks(
         loss_kind,
         keep,
         block_elements,
-        threads,
+        serial,
     )
     if torch.compiler.is_compiling():
         return _run_blocks_outside_graph(*arguments)
@@ -254,7 +241,7 @@ def _run_blocks(
     loss_kind: str,
     keep: Tensor | None,
     block_elements: int,
-    threads: int,
+    serial: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     logits = logits.detach()
     dtype = compute_dtype(logits)
@@ -303,15 +290,13 @@ def _run_blocks(
 
     # Channels-first blocks stay strided views (rows along memory): no transposed
     # copies; the kernels write the gradient straight into the result.
-    if threads > 1:
-        # (autocast and grad mode are per thread: off in the pool's threads)
-        results = list(_block_pool(threads).map(_without_grad(run), views))
-    elif torch.is_autocast_enabled(device.type):
-        # The kernels choose their own precision; autocast must not lower their products.
-        with torch.autocast(device.type, enabled=False):
+    with _intra_op_threads(1 if serial else None):
+        if torch.is_autocast_enabled(device.type):
+            # The kernels choose their own precision; autocast must not lower them.
+            with torch.autocast(device.type, enabled=False):
+                results = [run(view) for view in views]
+        else:
             results = [run(view) for view in views]
-    else:
-        results = [run(view) for view in views]
     pos_total = _sum_blocks([r.pos_increment for r in results])
     neg_total = _sum_blocks([r.neg_increment for r in results])
     if loss_kind == "sum":
@@ -323,24 +308,26 @@ def _run_blocks(
     return loss, grad, pos_total, neg_total
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
+@contextlib.contextmanager
+def _intra_op_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op threads (``None``: as set), restored after.
 
-
-def _block_pool(threads: int) -> ThreadPoolExecutor:
-    """The threads that share out blocks, one pool per thread count, made on first use."""
-    pool = _POOLS.get(threads)
-    if pool is None:
-        pool = ThreadPoolExecutor(threads, thread_name_prefix="eqlosses-blocks")
-        _POOLS[threads] = pool
-    return pool
-
-
-def _without_grad(function: Callable[[Any], BlockResult]) -> Callable[[Any], BlockResult]:
-    def run(argument: Any) -> BlockResult:
-        with torch.no_grad():
-            return function(argument)
-
-    return run
+    The sigmoid and focal kernels run their blocks with one thread. Split across several,
+    each of a block's dozens of small operations ends on a barrier that waits for the
+    slowest thread: on a machine busy with other processes (data-loader workers, say), a
+    descheduled thread stalls every one of them, and the kernel ran several times slower
+    than on an idle machine. With one thread nothing waits, and the kernels' few passes
+    over each block keep them faster than the plain losses run on every thread.
+    """
+    before = torch.get_num_threads()
+    if threads is None or threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 _OUTSIDE_GRAPH: dict[str, Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]] = {}

@@ -269,7 +269,7 @@ def cross_entropy_blocks(
         loss_kind="row" if per_row else "sum",
         keep=rows.keep,
         block_elements=SOFTMAX_BLOCK_ELEMENTS,
-        threaded=False,
+        one_thread=False,
     )
     if grad_scale is not None:
         loss = loss * grad_scale
