@@ -94,21 +94,28 @@ def _softmax_kernel(
     labels: Tensor | None,
     soft_targets: Tensor | None,
     rows_weight: Tensor | None,
+    keep: Tensor | None,
     adjustment: Tensor | None,
     entry_adjustment: EntryAdjustment | None,
     label_smoothing: float,
     grad_scale: Tensor | float | None,
     per_row: bool,
 ) -> BlockKernel:
-    """Block kernel of the cross-entropy; ``labels`` and ``rows_weight`` are ``(R, 1)``
-    columns, and so is every per-row quantity inside. ``rows_weight`` ``None``: every
-    row weighs 1."""
+    """Block kernel of the cross-entropy; ``labels``, ``rows_weight`` and ``keep`` are
+    ``(R, 1)`` columns, and so is every per-row quantity inside. ``rows_weight`` ``None``:
+    every row weighs 1. ``keep`` (``None``: every row) marks the rows that count; the
+    others enter as zeros, whatever their logits hold."""
 
     def kernel(logits: Tensor, rows: slice, grad: Tensor) -> BlockResult:
         num_columns = logits.shape[1]
         weight = None if rows_weight is None else block_rows(rows_weight, rows)
         # grad holds z̃, then exp(z̃ - max), then the gradient: no other block-sized buffer
-        if adjustment is None:
+        # (the dropped rows are zeroed here rather than in a copy of the block first)
+        if keep is not None:
+            torch.where(block_rows(keep, rows), logits, grad.new_zeros(()), out=grad)
+            if adjustment is not None:
+                grad.add_(adjustment)
+        elif adjustment is None:
             grad.copy_(logits)
         else:
             torch.add(logits, adjustment, out=grad)
@@ -255,6 +262,7 @@ def cross_entropy_blocks(
         None if rows.labels is None else rows.labels.unsqueeze(1),
         soft,
         None if rows.weight is None else rows.weight.unsqueeze(1),
+        None if rows.keep is None else rows.keep.unsqueeze(1),
         None if adjustment is None else adjustment.to(dtype),
         entry_adjustment,
         label_smoothing,
@@ -267,7 +275,6 @@ def cross_entropy_blocks(
         num_stat_columns=num_classes,
         channels_first=class_dim == 1,
         loss_kind="row" if per_row else "sum",
-        keep=rows.keep,
         block_elements=SOFTMAX_BLOCK_ELEMENTS,
         one_thread=False,
     )
