@@ -22,6 +22,7 @@ from torch import Tensor
 BLOCK_ELEMENTS = 1 << 17
 
 
+
 class LossOutput(NamedTuple):
     """What a functional equalization loss returns.
 
@@ -51,42 +52,11 @@ def compute_dtype(logits: Tensor) -> torch.dtype:
 
 
 class BlockResult(NamedTuple):
-    """One block's share: its loss (summed, or per entry / per row) and increments.
-
-    A kernel may leave its gradient unscaled: each row of the block still to be multiplied
-    by ``row_scale`` and its target entry (the column of its label) then set to
-    ``target_value``, both ``(rows, 1)``. Backward does that, in the same pass as its
-    multiply by the upstream gradient.
-    """
+    """One block's share: its loss (summed, or per entry / per row) and increments."""
 
     loss: Tensor
     pos_increment: Tensor
     neg_increment: Tensor
-    row_scale: Tensor | None = None
-    target_value: Tensor | None = None
-
-
-class Deferred(NamedTuple):
-    """What backward still does to a gradient (see :class:`BlockResult`): multiply each
-    row by ``row_scale`` and write ``target_value`` at ``target_column``; all three have
-    the logits' shape with the class dimension of size 1."""
-
-    row_scale: Tensor
-    target_column: Tensor
-    target_value: Tensor
-
-
-class Blocks(NamedTuple):
-    """The blocks' results put together: the loss, the gradient, the increments, and
-    the rows' deferred scales and target values (``(rows, 1)`` columns in row order;
-    ``None`` when the kernel scaled its gradient itself)."""
-
-    loss: Tensor
-    grad: Tensor
-    pos_increment: Tensor
-    neg_increment: Tensor
-    row_scale: Tensor | None
-    target_value: Tensor | None
 
 
 # A block kernel gets the block's logits (rows, K) in the compute dtype (possibly a
@@ -232,7 +202,7 @@ def run_blocks(
     keep: Tensor | None = None,
     block_elements: int = BLOCK_ELEMENTS,
     one_thread: bool = True,
-) -> Blocks:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Run ``kernel`` over the rows of ``logits``; returns loss, gradient and increments.
 
     Rows are the leading dimensions of a ``(..., K)`` tensor, or for ``channels_first``
@@ -272,7 +242,7 @@ def _run_blocks(
     keep: Tensor | None,
     block_elements: int,
     serial: bool,
-) -> Blocks:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     logits = logits.detach()
     dtype = compute_dtype(logits)
     device = logits.device
@@ -306,8 +276,7 @@ def _run_blocks(
     if not views:
         zeros = torch.zeros(num_stat_columns, dtype=dtype, device=device)
         loss_size = () if loss_kind == "sum" else loss_shape
-        empty = torch.zeros(loss_size, dtype=dtype, device=device)
-        return Blocks(empty, grad, zeros, zeros.clone(), None, None)
+        return torch.zeros(loss_size, dtype=dtype, device=device), grad, zeros, zeros.clone()
 
     def block_input(view: Tensor, rows: slice) -> Tensor:
         view = view.to(dtype)
@@ -336,17 +305,7 @@ def _run_blocks(
         loss = results[0].loss.reshape(loss_shape)
     else:
         loss = torch.cat([r.loss.reshape(-1) for r in results]).reshape(loss_shape)
-    row_scale = _rows_of([r.row_scale for r in results])
-    target_value = _rows_of([r.target_value for r in results])
-    return Blocks(loss, grad, pos_total, neg_total, row_scale, target_value)
-
-
-def _rows_of(parts: list[Tensor | None]) -> Tensor | None:
-    """The blocks' ``(rows, 1)`` columns as one (``None`` if unset)."""
-    if parts[0] is None:
-        return None
-    columns = [part for part in parts if part is not None]
-    return columns[0] if len(columns) == 1 else torch.cat(columns)
+    return loss, grad, pos_total, neg_total
 
 
 @contextlib.contextmanager
@@ -371,10 +330,10 @@ def _intra_op_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-_OUTSIDE_GRAPH: dict[str, Callable[..., Blocks]] = {}
+_OUTSIDE_GRAPH: dict[str, Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]] = {}
 
 
-def _run_blocks_outside_graph(*arguments: Any) -> Blocks:
+def _run_blocks_outside_graph(*arguments: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     # torch.compile would unroll the block loop into thousands of graph nodes for a
     # detector head; the blocks are fused by hand already, so the compiled graph breaks
     # here on purpose. The wrapper is built on first use: building it imports the
@@ -401,44 +360,35 @@ class _AttachGradient(torch.autograd.Function):
         loss: Tensor,
         grad: Tensor,
         class_dim: int,
-        deferred: Deferred | None,
     ) -> Tensor:
         # the logits are kept only to link a derivative of the gradient back to them
         ctx.save_for_backward(grad, logits)
-        ctx.deferred = deferred
         ctx.logits_dtype = logits.dtype
         ctx.class_dim = class_dim
         return loss
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, None, None, None, None]:
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, None, None, None]:
         grad, logits = ctx.saved_tensors
         upstream = grad_output if grad_output.dtype == grad.dtype else grad_output.to(grad.dtype)
         if 0 < upstream.dim() < grad.dim():
             # per-sample losses of a softmax loss: broadcast over the class dimension
             upstream = upstream.unsqueeze(ctx.class_dim)
-        deferred: Deferred | None = ctx.deferred
-        factor = upstream if deferred is None else deferred.row_scale * upstream
         if torch.is_grad_enabled():
             # create_graph=True: the saved gradient is a constant, so a derivative through
             # it would silently be zero (w.r.t. the logits) or miss their part (w.r.t.
             # grad_output); differentiating the result raises instead.
-            result = _finish_gradient(grad * factor, deferred, upstream, ctx)
+            result = grad * upstream
+            if result.dtype != ctx.logits_dtype:
+                result = result.to(ctx.logits_dtype)
             result = _NoSecondDerivative.apply(result, logits)  # type: ignore[no-untyped-call]
-            return result, None, None, None, None
+            return result, None, None, None
         # In place unless the saved gradient serves a later backward (retain_graph,
         # gradcheck): its last use needs no second buffer.
-        result = grad * factor if _graph_is_kept() else grad.mul_(factor)
-        return _finish_gradient(result, deferred, upstream, ctx), None, None, None, None
-
-
-def _finish_gradient(
-    result: Tensor, deferred: Deferred | None, upstream: Tensor, ctx: Any
-) -> Tensor:
-    """The target entries of a deferred gradient, and the logits' dtype."""
-    if deferred is not None:
-        result.scatter_(ctx.class_dim, deferred.target_column, deferred.target_value * upstream)
-    return result if result.dtype == ctx.logits_dtype else result.to(ctx.logits_dtype)
+        result = grad * upstream if _graph_is_kept() else grad.mul_(upstream)
+        if result.dtype != ctx.logits_dtype:
+            result = result.to(ctx.logits_dtype)
+        return result, None, None, None
 
 
 def _graph_is_kept() -> bool:
@@ -469,15 +419,8 @@ class _NoSecondDerivative(torch.autograd.Function):
         )
 
 
-def attach_gradient(
-    logits: Tensor,
-    loss: Tensor,
-    grad: Tensor,
-    class_dim: int = -1,
-    deferred: Deferred | None = None,
-) -> Tensor:
-    """Make ``loss`` differentiable w.r.t. ``logits`` with the precomputed ``grad``
-    (``deferred``: what backward still does to it, see :class:`Deferred`).
+def attach_gradient(logits: Tensor, loss: Tensor, grad: Tensor, class_dim: int = -1) -> Tensor:
+    """Make ``loss`` differentiable w.r.t. ``logits`` with the precomputed ``grad``.
 
     The loss comes back in the logits' dtype, or in float32 under autocast, as PyTorch's
     own losses do (a float16 loss would overflow once a GradScaler multiplies it).
@@ -488,5 +431,5 @@ def attach_gradient(
         wanted = torch.float64 if loss.dtype == torch.float64 else torch.float32
     if loss.dtype != wanted:
         loss = loss.to(wanted)
-    out: Tensor = _AttachGradient.apply(logits, loss.detach(), grad, class_dim, deferred)  # type: ignore[no-untyped-call]
+    out: Tensor = _AttachGradient.apply(logits, loss.detach(), grad, class_dim)  # type: ignore[no-untyped-call]
     return out

@@ -223,7 +223,7 @@ def _focal(
         grad_scale,
         per_entry,
     )
-    loss, grad, pos_inc, neg_inc, _, _ = run_blocks(
+    loss, grad, pos_inc, neg_inc = run_blocks(
         logits,
         kernel,
         num_stat_columns=num_classes,

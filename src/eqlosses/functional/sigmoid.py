@@ -238,7 +238,7 @@ def _weighted_bce(
         )
         foreground = None if drop is None else (rows.labels < num_classes).to(dtype).unsqueeze(1)
         kernel = _index_kernel(positives, pos_w, neg_w, foreground, drop, grad_scale, per_entry)
-    loss, grad, pos_inc, neg_inc, _, _ = run_blocks(
+    loss, grad, pos_inc, neg_inc = run_blocks(
         logits,
         kernel,
         num_stat_columns=num_columns,

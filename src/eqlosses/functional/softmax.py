@@ -37,7 +37,6 @@ from ..labels import (
 from ._fused import (
     BlockKernel,
     BlockResult,
-    Deferred,
     LossOutput,
     attach_gradient,
     block_rows,
@@ -110,8 +109,6 @@ def _softmax_kernel(
     def kernel(logits: Tensor, rows: slice, grad: Tensor) -> BlockResult:
         num_columns = logits.shape[1]
         weight = None if rows_weight is None else block_rows(rows_weight, rows)
-        row_scale: Tensor | None = None
-        target_value: Tensor | None = None
         # grad holds z̃, then exp(z̃ - max), then the gradient: no other block-sized buffer
         # (the dropped rows are zeroed here rather than in a copy of the block first)
         if keep is not None:
@@ -159,10 +156,8 @@ def _softmax_kernel(
             neg_inc = torch.mm(row_factor.t(), grad).view(-1)
             # the target entries' gradient, w (p - 1); its magnitude is w (1 - p)
             target_grad = weighted_prob - (1.0 if weight is None else weight)
-            # the rows' scale and the target entries are left to backward, which multiplies
-            # by the upstream gradient in the same pass
-            row_scale = row_factor if grad_scale is None else row_factor * grad_scale
-            target_value = target_grad if grad_scale is None else target_grad * grad_scale
+            grad.mul_(row_factor if grad_scale is None else row_factor * grad_scale)
+            grad.scatter_(1, label, target_grad if grad_scale is None else target_grad * grad_scale)
             flat_label = label.view(-1)
             # the targets' share comes out of the column sums: clamped, so that rounding
             # cannot leave a class a (tiny) negative magnitude
@@ -195,9 +190,7 @@ def _softmax_kernel(
         if weight is not None:
             loss = loss.mul_(weight)
         loss = loss.view(-1)
-        return BlockResult(
-            loss if per_row else loss.sum(), pos_inc, neg_inc, row_scale, target_value
-        )
+        return BlockResult(loss if per_row else loss.sum(), pos_inc, neg_inc)
 
     return kernel
 
@@ -265,9 +258,8 @@ def cross_entropy_blocks(
         )
     grad_scale = mean_scale(rows.num_kept) if reduction == "mean" else None
     per_row = reduction == "none"
-    label_column = None if rows.labels is None else rows.labels.unsqueeze(1)
     kernel = _softmax_kernel(
-        label_column,
+        None if rows.labels is None else rows.labels.unsqueeze(1),
         soft,
         None if rows.weight is None else rows.weight.unsqueeze(1),
         None if rows.keep is None else rows.keep.unsqueeze(1),
@@ -277,7 +269,7 @@ def cross_entropy_blocks(
         grad_scale,
         per_row,
     )
-    blocks = run_blocks(
+    loss, grad, pos_inc, neg_inc = run_blocks(
         logits,
         kernel,
         num_stat_columns=num_classes,
@@ -286,24 +278,11 @@ def cross_entropy_blocks(
         block_elements=SOFTMAX_BLOCK_ELEMENTS,
         one_thread=False,
     )
-    loss = blocks.loss if grad_scale is None else blocks.loss * grad_scale
-    deferred = None
-    if blocks.row_scale is not None and blocks.target_value is not None:
-        assert label_column is not None
-        deferred = Deferred(blocks.row_scale, label_column, blocks.target_value)
-        if class_dim == 1:
-            # per pixel: shaped as the logits with a class dimension of 1
-            shape = (logits.shape[0], 1, *logits.shape[2:])
-            deferred = Deferred(*(column.view(shape) for column in deferred))
-    loss = attach_gradient(logits, loss, blocks.grad, class_dim=1, deferred=deferred)
+    if grad_scale is not None:
+        loss = loss * grad_scale
+    loss = attach_gradient(logits, loss, grad, class_dim=1)
     count = rows.num_kept
-    return LossOutput(
-        loss,
-        blocks.pos_increment,
-        blocks.neg_increment,
-        count if reduction == "mean" else None,
-        count,
-    )
+    return LossOutput(loss, pos_inc, neg_inc, count if reduction == "mean" else None, count)
 
 
 def softmax_eql(
