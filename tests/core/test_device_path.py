@@ -123,6 +123,10 @@ def _batch(
         labels = torch.randint(0, case.highest_label + 1, (N,), generator=gen)
     if ignored:
         labels.view(-1)[::5] = -100
+        # what an ignored row holds must reach nothing, on either path
+        rows = logits.movedim(1, -1) if case.pixels else logits
+        rows[labels == -100] = float("nan")
+        rows[..., 0][labels == -100] = float("inf")
     extra = (torch.rand(labels.shape, generator=gen, dtype=dtype),) if case.scored else ()
     kw = {"weight": torch.rand(labels.shape, generator=gen, dtype=dtype)} if weighted else {}
     return logits, labels, extra, kw

@@ -159,6 +159,26 @@ def test_backward_twice_through_a_retained_graph(name: str) -> None:
     torch.testing.assert_close(z.grad, 2 * once, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("upstream", [0.0, -2.5, 3.0])
+@pytest.mark.parametrize("name", NAMES)
+def test_scalar_upstream_gradient_scales_the_gradient(name: str, upstream: float) -> None:
+    """On the CPU backward skips its multiply when the upstream gradient is 1
+    (``loss.backward()``): any other value must still scale the gradient."""
+    case = CASES[name]
+    gen = _seeded(5)
+    logits, labels = _logits(case, gen), case.labels(gen)
+    extra = case.extra(gen)
+    gradients = []
+    for scale in (1.0, upstream):
+        torch.manual_seed(0)
+        z = logits.clone().requires_grad_()
+        loss = case.build()(z, labels, *extra)
+        loss.backward(torch.tensor(scale, dtype=loss.dtype))
+        gradients.append(z.grad)
+    assert gradients[0].abs().sum() > 0
+    torch.testing.assert_close(gradients[1], upstream * gradients[0], rtol=0, atol=0)
+
+
 # ------------------------------------------------------------------- dropped rows
 
 

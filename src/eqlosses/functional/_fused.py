@@ -17,10 +17,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from ..checks import checks_on_host
+
 # Elements per block: small enough that a few block-sized temporaries stay in cache,
 # large enough that the per-operation overhead of a block is amortised.
 BLOCK_ELEMENTS = 1 << 17
-
 
 
 class LossOutput(NamedTuple):
@@ -348,9 +349,10 @@ def _run_blocks_outside_graph(*arguments: Any) -> tuple[Tensor, Tensor, Tensor, 
 class _AttachGradient(torch.autograd.Function):
     """Returns ``loss`` unchanged; its gradient w.r.t. ``logits`` is ``grad_output * grad``.
 
-    Backward multiplies the saved gradient by ``grad_output`` (never testing its value,
-    which would wait for the device) and hands it out; unless the graph is kept for
-    another backward, the multiply is in place, so no second logit-sized buffer exists.
+    Backward multiplies the saved gradient by ``grad_output`` and hands it out; unless
+    the graph is kept for another backward, the multiply is in place, so no second
+    logit-sized buffer exists. Its value is tested only where reading it waits for no
+    device: on the CPU a ``grad_output`` of 1 skips the multiply.
     """
 
     @staticmethod
@@ -383,12 +385,28 @@ class _AttachGradient(torch.autograd.Function):
                 result = result.to(ctx.logits_dtype)
             result = _NoSecondDerivative.apply(result, logits)  # type: ignore[no-untyped-call]
             return result, None, None, None
-        # In place unless the saved gradient serves a later backward (retain_graph,
-        # gradcheck): its last use needs no second buffer.
-        result = grad * upstream if _graph_is_kept() else grad.mul_(upstream)
+        if _is_one_on_host(upstream):
+            result = grad
+        elif _graph_is_kept():
+            result = grad * upstream
+        else:
+            # the saved gradient's last use: in place, no second logit-sized buffer
+            result = grad.mul_(upstream)
         if result.dtype != ctx.logits_dtype:
             result = result.to(ctx.logits_dtype)
         return result, None, None, None
+
+
+def _is_one_on_host(upstream: Tensor) -> bool:
+    """Whether the upstream gradient is a single 1 that can be read without waiting for a
+    device (``loss.backward()`` on the CPU): multiplying by it would be a pass over the
+    logits for nothing."""
+    return (
+        checks_on_host(upstream)
+        and upstream.numel() == 1
+        and not torch.compiler.is_compiling()
+        and float(upstream) == 1.0
+    )
 
 
 def _graph_is_kept() -> bool:

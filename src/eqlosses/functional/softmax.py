@@ -23,6 +23,7 @@ from ..checks import (
     check_number,
     check_tensor,
     check_values,
+    checks_on_host,
     reads_values,
 )
 from ..labels import (
@@ -90,6 +91,20 @@ def _row_scale(weight: Tensor | None, grad_scale: Tensor | float | None) -> Tens
     return weight if grad_scale is None else weight * grad_scale
 
 
+def _zero_dropped_rows(block: Tensor, keep: Tensor) -> None:
+    """Zero the rows of ``block`` whose ``keep`` (an ``(R, 1)`` column) is false, whatever
+    they hold (``inf``, NaN).
+
+    On a host-checked device the dropped rows are found on the host and filled: the
+    elementwise ``where`` over the block, which an accelerator runs instead, is a scalar
+    loop on the CPU, several times slower than the block's other passes.
+    """
+    if checks_on_host(keep):
+        block.index_fill_(0, torch.nonzero(~keep.view(-1)).view(-1), 0.0)
+    else:
+        torch.where(keep, block, block.new_zeros(()), out=block)
+
+
 def _softmax_kernel(
     labels: Tensor | None,
     soft_targets: Tensor | None,
@@ -110,15 +125,12 @@ def _softmax_kernel(
         num_columns = logits.shape[1]
         weight = None if rows_weight is None else block_rows(rows_weight, rows)
         # grad holds z̃, then exp(z̃ - max), then the gradient: no other block-sized buffer
-        # (the dropped rows are zeroed here rather than in a copy of the block first)
-        if keep is not None:
-            torch.where(block_rows(keep, rows), logits, grad.new_zeros(()), out=grad)
-            if adjustment is not None:
-                grad.add_(adjustment)
-        elif adjustment is None:
+        if adjustment is None:
             grad.copy_(logits)
         else:
             torch.add(logits, adjustment, out=grad)
+        if keep is not None:
+            _zero_dropped_rows(grad, block_rows(keep, rows))
         if entry_adjustment is not None:
             grad.copy_(entry_adjustment(grad, rows))
         if soft_targets is not None:
