@@ -10,26 +10,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import pytest
 import torch
-from torch import nn
+from loss_cases import Case, loss_cases
 
-from eqlosses import (
-    EQL,
-    BalancedSoftmax,
-    ClassBalancedLoss,
-    EqualizedFocalLoss,
-    EqualizedQualityFocalLoss,
-    FederatedLoss,
-    FocalLoss,
-    SeesawLoss,
-    SigmoidEQL,
-    SoftmaxEQL,
-)
+from eqlosses import EQL, FederatedLoss
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -38,34 +26,9 @@ N = 300
 COUNTS = [900, 400, 200, 120, 60, 30, 15, 8, 4, 2, 1]
 
 
-@dataclass(frozen=True)
-class Case:
-    build: Callable[[], nn.Module]
-    columns: int
-    highest_label: int
-    scored: bool = False
-    pixels: bool = False
-
-
 # The random losses draw on the logits' device, whose generator differs from the CPU's:
 # drop_prob=1 and num_sample_classes=C make their draws certain, so both devices agree.
-CASES: dict[str, Case] = {
-    "sigmoid_eql": Case(lambda: SigmoidEQL(C), C, C),
-    "sigmoid_eql_objectness": Case(lambda: SigmoidEQL(C, objectness=True), C + 1, C),
-    "softmax_eql": Case(lambda: SoftmaxEQL(C), C, C - 1),
-    "softmax_eql_per_pixel": Case(lambda: SoftmaxEQL(C), C, C - 1, pixels=True),
-    "efl": Case(lambda: EqualizedFocalLoss(C), C, C),
-    "eqfl": Case(lambda: EqualizedQualityFocalLoss(C), C, C, scored=True),
-    "eql": Case(lambda: EQL(COUNTS, 1000, 0.05), C, C),
-    "eql_softmax": Case(
-        lambda: EQL(COUNTS, 1000, 0.05, activation="softmax", drop_prob=1.0), C, C - 1
-    ),
-    "focal": Case(lambda: FocalLoss(C), C, C),
-    "balanced_softmax": Case(lambda: BalancedSoftmax(COUNTS), C, C - 1),
-    "class_balanced": Case(lambda: ClassBalancedLoss(COUNTS), C, C - 1),
-    "seesaw": Case(lambda: SeesawLoss(C), C, C - 1),
-    "federated": Case(lambda: FederatedLoss(COUNTS, num_sample_classes=C), C + 1, C),
-}
+CASES = loss_cases(COUNTS, num_images=1000, drop_prob=1.0, sample_classes=C)
 
 
 def _batches(case: Case, dtype: torch.dtype) -> list[tuple[torch.Tensor, ...]]:

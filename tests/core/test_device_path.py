@@ -15,27 +15,15 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import torch
+from loss_cases import Case, loss_cases
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import eqlosses.checks
-from eqlosses import (
-    EQL,
-    BalancedSoftmax,
-    ClassBalancedLoss,
-    EqualizedFocalLoss,
-    EqualizedQualityFocalLoss,
-    FederatedLoss,
-    FocalLoss,
-    SeesawLoss,
-    SigmoidEQL,
-    SoftmaxEQL,
-)
 
 C = 7
 N = 24
@@ -44,32 +32,7 @@ COUNTS = [300, 120, 60, 20, 9, 3, 1]
 HOST_READS = {"aten._local_scalar_dense", "aten.item", "aten.nonzero", "aten.equal"}
 
 
-@dataclass(frozen=True)
-class Case:
-    build: Callable[[], nn.Module]
-    columns: int
-    highest_label: int
-    scored: bool = False
-    pixels: bool = False
-
-
-CASES: dict[str, Case] = {
-    "sigmoid_eql": Case(lambda: SigmoidEQL(C), C, C),
-    "sigmoid_eql_objectness": Case(lambda: SigmoidEQL(C, objectness=True), C + 1, C),
-    "softmax_eql": Case(lambda: SoftmaxEQL(C), C, C - 1),
-    "softmax_eql_per_pixel": Case(lambda: SoftmaxEQL(C), C, C - 1, pixels=True),
-    "efl": Case(lambda: EqualizedFocalLoss(C), C, C),
-    "eqfl": Case(lambda: EqualizedQualityFocalLoss(C), C, C, scored=True),
-    "eql": Case(lambda: EQL(COUNTS, 400, 0.05), C, C),
-    "eql_softmax": Case(
-        lambda: EQL(COUNTS, 400, 0.05, activation="softmax", drop_prob=0.9), C, C - 1
-    ),
-    "focal": Case(lambda: FocalLoss(C), C, C),
-    "balanced_softmax": Case(lambda: BalancedSoftmax(COUNTS), C, C - 1),
-    "class_balanced": Case(lambda: ClassBalancedLoss(COUNTS), C, C - 1),
-    "seesaw": Case(lambda: SeesawLoss(C), C, C - 1),
-    "federated": Case(lambda: FederatedLoss(COUNTS, num_sample_classes=3), C + 1, C),
-}
+CASES = loss_cases(COUNTS, num_images=400, drop_prob=0.9, sample_classes=3)
 NAMES = list(CASES)
 
 

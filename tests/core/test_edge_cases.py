@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pytest
 import torch
 import torch.nn.functional as F
+from loss_cases import Case, loss_cases
 from torch import nn
 
 from eqlosses import (
     EQL,
     BalancedSoftmax,
-    ClassBalancedLoss,
     EqualizedFocalLoss,
     EqualizedQualityFocalLoss,
     FederatedLoss,
@@ -33,46 +32,28 @@ COUNTS = [400, 90, 30, 6, 1]
 IGNORE = -100
 
 
-@dataclass(frozen=True)
-class Case:
-    build: Callable[[], nn.Module]
-    columns: int
-    highest_label: int
-    scored: bool = False
-
-    def labels(self, gen: torch.Generator) -> torch.Tensor:
-        return torch.randint(0, self.highest_label + 1, (N,), generator=gen)
-
-    def extra(self, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-        return (torch.rand(N, generator=gen, dtype=torch.float64),) if self.scored else ()
-
-
 def _seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-CASES: dict[str, Case] = {
-    "sigmoid_eql": Case(lambda: SigmoidEQL(C), C, C),
-    "sigmoid_eql_objectness": Case(lambda: SigmoidEQL(C, objectness=True), C + 1, C),
-    "softmax_eql": Case(lambda: SoftmaxEQL(C), C, C - 1),
-    "softmax_eql_tau0": Case(lambda: SoftmaxEQL(C, tau=0.0), C, C - 1),
-    "efl": Case(lambda: EqualizedFocalLoss(C), C, C),
-    "eqfl": Case(lambda: EqualizedQualityFocalLoss(C), C, C, scored=True),
-    "eql": Case(lambda: EQL(COUNTS, 500, 0.05), C, C),
-    "eql_softmax": Case(
-        lambda: EQL(COUNTS, 500, 0.05, activation="softmax", drop_prob=0.5, generator=_seeded(3)),
-        C,
-        C - 1,
-    ),
-    "focal": Case(lambda: FocalLoss(C), C, C),
-    "balanced_softmax": Case(lambda: BalancedSoftmax(COUNTS), C, C - 1),
-    "class_balanced": Case(lambda: ClassBalancedLoss(COUNTS, beta=0.99), C, C - 1),
-    "seesaw": Case(lambda: SeesawLoss(C), C, C - 1),
-    "federated": Case(
-        lambda: FederatedLoss(COUNTS, num_sample_classes=3, generator=_seeded(3)), C + 1, C
-    ),
-}
+# the per-pixel layout has no edge of its own here; Softmax-EQL's τ = 0 (plain
+# cross-entropy) does
+CASES = {
+    name: case
+    for name, case in loss_cases(
+        COUNTS, num_images=500, drop_prob=0.5, sample_classes=3, generator=lambda: _seeded(3)
+    ).items()
+    if not case.pixels
+} | {"softmax_eql_tau0": Case(lambda: SoftmaxEQL(C, tau=0.0), C, C - 1)}
 NAMES = list(CASES)
+
+
+def _labels(case: Case, gen: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, case.highest_label + 1, (N,), generator=gen)
+
+
+def _extra(case: Case, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    return (torch.rand(N, generator=gen, dtype=torch.float64),) if case.scored else ()
 
 
 def _logits(case: Case, gen: torch.Generator) -> torch.Tensor:
@@ -115,7 +96,7 @@ def _step(
 def test_a_gradient_penalty_raises_instead_of_a_silent_zero(name: str) -> None:
     case = CASES[name]
     gen = _seeded(1)
-    logits, labels, extra = _logits(case, gen), case.labels(gen), case.extra(gen)
+    logits, labels, extra = _logits(case, gen), _labels(case, gen), _extra(case, gen)
     z = logits.clone().requires_grad_()
     (first,) = torch.autograd.grad(case.build()(z, labels, *extra), z, create_graph=True)
     # the first derivative itself is right with create_graph=True
@@ -129,7 +110,7 @@ def test_a_gradient_penalty_raises_instead_of_a_silent_zero(name: str) -> None:
 def test_a_hessian_vector_product_raises(name: str) -> None:
     case = CASES[name]
     gen = _seeded(2)
-    logits, labels = _logits(case, gen), case.labels(gen)
+    logits, labels = _logits(case, gen), _labels(case, gen)
     module = case.build()
     with pytest.raises(RuntimeError, match="second derivatives"):
         torch.autograd.functional.hvp(lambda z: module(z, labels), logits, torch.ones_like(logits))
@@ -150,7 +131,7 @@ def test_plain_cross_entropy_does_have_a_hessian() -> None:
 def test_backward_twice_through_a_retained_graph(name: str) -> None:
     case = CASES[name]
     gen = _seeded(4)
-    logits, labels = _logits(case, gen), case.labels(gen)
+    logits, labels = _logits(case, gen), _labels(case, gen)
     z = logits.clone().requires_grad_()
     loss = case.build()(z, labels)
     loss.backward(retain_graph=True)
@@ -166,8 +147,8 @@ def test_scalar_upstream_gradient_scales_the_gradient(name: str, upstream: float
     (``loss.backward()``): any other value must still scale the gradient."""
     case = CASES[name]
     gen = _seeded(5)
-    logits, labels = _logits(case, gen), case.labels(gen)
-    extra = case.extra(gen)
+    logits, labels = _logits(case, gen), _labels(case, gen)
+    extra = _extra(case, gen)
     gradients = []
     for scale in (1.0, upstream):
         torch.manual_seed(0)
@@ -187,7 +168,7 @@ def _weighted_and_ignored(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Labels, weights with zeros at some rows, and the same batch with those rows
     labelled ignore_index instead (their weights arbitrary)."""
-    labels = case.labels(gen)
+    labels = _labels(case, gen)
     weight = 0.5 + torch.rand(N, generator=gen, dtype=torch.float64)
     dropped = torch.tensor([1, 4, 5, 9])
     zero_weight = weight.clone()
@@ -204,7 +185,7 @@ def test_zero_weight_rows_are_exactly_ignored_rows(name: str) -> None:
     by_weight, by_label = case.build(), case.build()
     gen = _seeded(5)
     for _ in range(3):
-        logits, extra = _logits(case, gen), case.extra(gen)
+        logits, extra = _logits(case, gen), _extra(case, gen)
         labels, zero_weight, ignored, weight = _weighted_and_ignored(case, gen)
         got = _step(by_weight, logits, labels, *extra, weight=zero_weight)
         want = _step(by_label, logits, ignored, *extra, weight=weight)
@@ -222,8 +203,8 @@ def test_a_batch_of_zero_weights_is_no_statistics_step(name: str) -> None:
     loss, grad = _step(
         module,
         _logits(case, gen),
-        case.labels(gen),
-        *case.extra(gen),
+        _labels(case, gen),
+        *_extra(case, gen),
         weight=torch.zeros(N, dtype=torch.float64),
     )
     assert float(loss) == 0.0
@@ -243,7 +224,7 @@ def test_dropped_rows_holding_non_finite_logits_change_nothing(
     finite, poisoned = case.build(), case.build()
     gen = _seeded(7)
     for _ in range(2):
-        logits, extra = _logits(case, gen), case.extra(gen)
+        logits, extra = _logits(case, gen), _extra(case, gen)
         labels, zero_weight, ignored, _ = _weighted_and_ignored(case, gen)
         rows = torch.tensor([1, 4, 5, 9])
         bad = logits.clone()
@@ -280,10 +261,10 @@ def test_weight_that_requires_grad_is_refused() -> None:
         module = case.build()
         before = _state(module)
         with pytest.raises(ValueError, match=r"^weight: .*requires grad"):
-            module(_logits(case, gen), case.labels(gen), *case.extra(gen), weight=weight)
+            module(_logits(case, gen), _labels(case, gen), *_extra(case, gen), weight=weight)
         _assert_state_equal(module, before)
         with torch.no_grad():  # nothing is differentiated there: fine
-            module(_logits(case, gen), case.labels(gen), *case.extra(gen), weight=weight)
+            module(_logits(case, gen), _labels(case, gen), *_extra(case, gen), weight=weight)
 
 
 def test_quality_score_that_requires_grad_is_refused() -> None:
@@ -291,7 +272,7 @@ def test_quality_score_that_requires_grad_is_refused() -> None:
     case = CASES["eqfl"]
     score = torch.rand(N, dtype=torch.float64, requires_grad=True)
     with pytest.raises(ValueError, match=r"^score: .*requires grad.*score\.detach\(\)"):
-        case.build()(_logits(case, gen), case.labels(gen), score)
+        case.build()(_logits(case, gen), _labels(case, gen), score)
 
 
 @pytest.mark.parametrize(
@@ -319,10 +300,12 @@ def test_a_call_that_raises_changes_no_state(name: str, bad: str) -> None:
     case = CASES[name]
     module = case.build()
     gen = _seeded(11)
-    _step(module, _logits(case, gen), case.labels(gen), *case.extra(gen))  # some state
+    _step(module, _logits(case, gen), _labels(case, gen), *_extra(case, gen))  # some state
     before = _state(module)
     with pytest.raises(ValueError, match=r"^weight:"):
-        module(_logits(case, gen), case.labels(gen), *case.extra(gen), **BAD_CALLS[bad](case, gen))
+        module(
+            _logits(case, gen), _labels(case, gen), *_extra(case, gen), **BAD_CALLS[bad](case, gen)
+        )
     _assert_state_equal(module, before)
 
 
@@ -408,7 +391,7 @@ def test_out_of_range_options_are_refused_when_the_loss_is_built(
 def test_python_lists_are_refused_by_name(name: str) -> None:
     case = CASES[name]
     gen = _seeded(12)
-    logits, labels, extra = _logits(case, gen), case.labels(gen), case.extra(gen)
+    logits, labels, extra = _logits(case, gen), _labels(case, gen), _extra(case, gen)
     module = case.build()
     with pytest.raises(ValueError, match=r"^logits: expected a torch.Tensor, got list"):
         module(logits.tolist(), labels, *extra)
@@ -421,7 +404,7 @@ def test_avg_factor_of_several_values(avg_factor: torch.Tensor) -> None:
     gen = _seeded(13)
     case = CASES["efl"]
     with pytest.raises(ValueError, match=r"^avg_factor: expected a number or a one-element"):
-        case.build()(_logits(case, gen), case.labels(gen), avg_factor=avg_factor)
+        case.build()(_logits(case, gen), _labels(case, gen), avg_factor=avg_factor)
 
 
 @pytest.mark.parametrize("avg_factor", [0.0, -2.0, math.nan, math.inf, torch.tensor(0.0)])
@@ -429,7 +412,7 @@ def test_avg_factor_must_be_positive_and_finite(avg_factor: float | torch.Tensor
     gen = _seeded(14)
     case = CASES["efl"]
     with pytest.raises(ValueError, match=r"^avg_factor: expected a finite number > 0"):
-        case.build()(_logits(case, gen), case.labels(gen), avg_factor=avg_factor)
+        case.build()(_logits(case, gen), _labels(case, gen), avg_factor=avg_factor)
 
 
 def test_nan_quality_score_of_a_positive_is_refused() -> None:
