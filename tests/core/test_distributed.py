@@ -17,18 +17,15 @@ Scenarios, per loss module:
 
 from __future__ import annotations
 
-import os
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from gloo_ranks import run_ranks
 from torch import nn
 
 from eqlosses import EQL, EqualizedFocalLoss, EqualizedQualityFocalLoss, SigmoidEQL, SoftmaxEQL
@@ -38,7 +35,6 @@ WORLD_SIZE = 2
 BATCH = 16
 IMAGE_COUNTS = [800, 30, 5, 300]
 NUM_IMAGES = 1000
-SPAWN_TIMEOUT_S = 180.0
 
 
 @dataclass(frozen=True)
@@ -142,50 +138,21 @@ def _run_bad_step(name: str, rank: int | None, value: float):
     return records
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=WORLD_SIZE,
-        timeout=timedelta(seconds=60),
-    )
-    try:
-        group = dist.new_group([0, 1])
-        results: dict[str, object] = {}
-        for name in CASES:
-            results[f"stream/{name}"] = _run_stream(name, rank)
-            results[f"group/{name}"] = _run_stream(name, rank, process_group=group)
-            results[f"nan/{name}"] = _run_bad_step(name, rank, float("nan"))
-            results[f"inf/{name}"] = _run_bad_step(name, rank, float("inf"))
-        dist.barrier()
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _records(rank: int) -> dict[str, object]:
+    group = dist.new_group([0, 1])
+    results: dict[str, object] = {}
+    for name in CASES:
+        results[f"stream/{name}"] = _run_stream(name, rank)
+        results[f"group/{name}"] = _run_stream(name, rank, process_group=group)
+        results[f"nan/{name}"] = _run_bad_step(name, rank, float("nan"))
+        results[f"inf/{name}"] = _run_bad_step(name, rank, float("inf"))
+    return results
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, object]]:
     """Spawn the two ranks once for the module; the records of rank 0 and rank 1."""
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    work = tmp_path_factory.mktemp("dist")
-    init_file = work / "filestore"
-    context = mp.spawn(
-        _worker,
-        args=(str(init_file), str(work)),
-        nprocs=WORLD_SIZE,
-        join=False,
-    )
-    deadline = time.monotonic() + SPAWN_TIMEOUT_S
-    while not context.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                if process.is_alive():
-                    process.kill()
-            pytest.fail(f"distributed workers did not finish within {SPAWN_TIMEOUT_S} s")
-    return [torch.load(work / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
+    return run_ranks(_records, WORLD_SIZE, tmp_path_factory.mktemp("dist"))
 
 
 def _assert_close(got: torch.Tensor, want: torch.Tensor, what: str) -> None:

@@ -7,14 +7,13 @@ Blocks fenced ```python run here; fragments that need a framework or a data set 
 
 from __future__ import annotations
 
-import doctest
-import importlib
 import pkgutil
 import re
 from pathlib import Path
 
 import pytest
 import torch
+from docstring_examples import assert_examples_pass
 
 import eqlosses
 
@@ -47,10 +46,4 @@ def test_docstring_examples(name: str) -> None:
     if name.startswith("eqlosses.integrations."):
         # an adapter needs its framework (the integrations extra)
         pytest.importorskip(name.split(".")[2])
-    module = importlib.import_module(name)
-    torch.manual_seed(0)
-    finder = doctest.DocTestFinder()
-    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
-    for test in finder.find(module, globs={"torch": torch, **vars(module)}):
-        runner.run(test)
-    assert runner.failures == 0, f"{runner.failures} docstring example(s) failed in {name}"
+    assert_examples_pass(name)

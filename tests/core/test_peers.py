@@ -6,15 +6,13 @@ Every reference below is built from one-hot targets and explicit formulas on ful
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from gloo_ranks import run_ranks
 from reference_losses import federated_ref
 from torch import Tensor
 
@@ -793,45 +791,22 @@ def _rank_batch(rank: int, step: int) -> tuple[Tensor, Tensor]:
     return logits, labels
 
 
-def _seesaw_worker(rank: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        criterion = SeesawLoss(NUM_CLASSES)
-        losses = []
-        for step in range(STEPS):
-            logits, labels = _rank_batch(rank, step)
-            logits.requires_grad_(True)
-            loss = criterion(logits, labels)
-            loss.backward()
-            losses.append(loss.detach())
-        torch.save(
-            {"counts": criterion.class_counts.clone(), "losses": torch.stack(losses)},
-            os.path.join(out_dir, f"rank{rank}.pt"),
-        )
-    finally:
-        dist.destroy_process_group()
+def _seesaw_records(rank: int) -> dict[str, Tensor]:
+    criterion = SeesawLoss(NUM_CLASSES)
+    losses = []
+    for step in range(STEPS):
+        logits, labels = _rank_batch(rank, step)
+        logits.requires_grad_(True)
+        loss = criterion(logits, labels)
+        loss.backward()
+        losses.append(loss.detach())
+    return {"counts": criterion.class_counts.clone(), "losses": torch.stack(losses)}
 
 
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo")
 def test_seesaw_counts_synchronised_across_ranks(tmp_path: Path):
-    init_file = tmp_path / "store"
     # fork (as DataLoader workers do) skips re-importing torch in every child
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    context = mp.start_processes(
-        _seesaw_worker,
-        args=(str(init_file), str(tmp_path)),
-        nprocs=WORLD,
-        join=False,
-        start_method=method,
-    )
-    deadline = time.monotonic() + 60
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the distributed workers did not finish")
-    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    results = run_ranks(_seesaw_records, WORLD, tmp_path, timeout_s=60, start_method=method)
 
     union = torch.zeros(NUM_CLASSES, dtype=F64)
     expected_losses: list[list[Tensor]] = [[] for _ in range(WORLD)]

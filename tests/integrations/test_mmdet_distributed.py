@@ -10,10 +10,7 @@ with the sums of every rank's and level's increments and normalisers.
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -21,8 +18,7 @@ import pytest
 pytest.importorskip("mmdet")
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_ranks import run_ranks
 from torch import Tensor
 
 from eqlosses import GradientStatistics
@@ -33,7 +29,6 @@ C = 4
 WORLD_SIZE = 2
 STEPS = 3
 SKIPPING = (1, 1)  # (step, rank): that rank's head makes no call in that step
-SPAWN_TIMEOUT_S = 180.0
 LEVEL_ROWS = (24, 10, 4)
 AVG_FACTORS = (3.0, 5.0)  # per rank
 
@@ -80,39 +75,13 @@ def _run(name: str, rank: int) -> list[list[Tensor]]:
     return records
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=WORLD_SIZE,
-        timeout=timedelta(seconds=60),
-    )
-    try:
-        results = {name: _run(name, rank) for name in BUILD}
-        dist.barrier()
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _records(rank: int) -> dict[str, list[list[Tensor]]]:
+    return {name: _run(name, rank) for name in BUILD}
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    work = tmp_path_factory.mktemp("dist")
-    context = mp.spawn(
-        _worker, args=(str(work / "filestore"), str(work)), nprocs=WORLD_SIZE, join=False
-    )
-    deadline = time.monotonic() + SPAWN_TIMEOUT_S
-    while not context.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                if process.is_alive():
-                    process.kill()
-            pytest.fail(f"distributed workers did not finish within {SPAWN_TIMEOUT_S} s")
-    return [torch.load(work / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
+    return run_ranks(_records, WORLD_SIZE, tmp_path_factory.mktemp("dist"))
 
 
 def _reference(name: str) -> list[list[Tensor]]:

@@ -7,7 +7,7 @@ import importlib
 import pkgutil
 
 import pytest
-import torch
+from docstring_examples import assert_examples_pass
 
 import eqlosses_lab
 
@@ -30,10 +30,4 @@ def test_the_lab_has_docstring_examples() -> None:
 
 @pytest.mark.parametrize("name", _lab_modules())
 def test_docstring_examples(name: str) -> None:
-    module = importlib.import_module(name)
-    torch.manual_seed(0)
-    finder = doctest.DocTestFinder()
-    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
-    for test in finder.find(module, globs={"torch": torch, **vars(module)}):
-        runner.run(test)
-    assert runner.failures == 0, f"{runner.failures} docstring example(s) failed in {name}"
+    assert_examples_pass(name)
