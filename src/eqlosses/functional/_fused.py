@@ -189,6 +189,21 @@ def place_positives(
     return pos_increment, neg_increment
 
 
+def zero_dropped_rows(block: Tensor, keep: Tensor, *, out: Tensor) -> Tensor:
+    """``block`` with the rows whose ``keep`` (an ``(R, 1)`` column) is false set to zero,
+    whatever they held (``inf``, NaN), written to ``out`` (which may be ``block``).
+
+    On a host-checked device the dropped rows are found on the host and filled: the
+    elementwise ``where`` that an accelerator runs instead is a scalar loop on the CPU,
+    several times slower than a copy.
+    """
+    if checks_on_host(keep):
+        if out is not block:
+            out.copy_(block)
+        return out.index_fill_(0, torch.nonzero(~keep.view(-1)).view(-1), 0.0)
+    return torch.where(keep, block, block.new_zeros(()), out=out)
+
+
 def _sum_blocks(parts: list[Tensor]) -> Tensor:
     return parts[0] if len(parts) == 1 else torch.stack(parts).sum(0)
 
@@ -283,7 +298,8 @@ def _run_blocks(
         view = view.to(dtype)
         if keep is None:
             return view
-        return torch.where(block_rows(keep, rows).unsqueeze(1), view, 0.0)
+        out = torch.empty(view.shape, dtype=dtype, device=device)
+        return zero_dropped_rows(view, block_rows(keep, rows).unsqueeze(1), out=out)
 
     def run(view_rows_out: tuple[slice, Tensor, Tensor]) -> BlockResult:
         rows, view, out = view_rows_out

@@ -23,7 +23,6 @@ from ..checks import (
     check_number,
     check_tensor,
     check_values,
-    checks_on_host,
     reads_values,
 )
 from ..labels import (
@@ -43,6 +42,7 @@ from ._fused import (
     block_rows,
     compute_dtype,
     run_blocks,
+    zero_dropped_rows,
 )
 
 __all__ = ["eql_softmax", "softmax_eql", "softmax_eql_adjustment"]
@@ -91,20 +91,6 @@ def _row_scale(weight: Tensor | None, grad_scale: Tensor | float | None) -> Tens
     return weight if grad_scale is None else weight * grad_scale
 
 
-def _zero_dropped_rows(block: Tensor, keep: Tensor) -> None:
-    """Zero the rows of ``block`` whose ``keep`` (an ``(R, 1)`` column) is false, whatever
-    they hold (``inf``, NaN).
-
-    On a host-checked device the dropped rows are found on the host and filled: the
-    elementwise ``where`` over the block, which an accelerator runs instead, is a scalar
-    loop on the CPU, several times slower than the block's other passes.
-    """
-    if checks_on_host(keep):
-        block.index_fill_(0, torch.nonzero(~keep.view(-1)).view(-1), 0.0)
-    else:
-        torch.where(keep, block, block.new_zeros(()), out=block)
-
-
 def _softmax_kernel(
     labels: Tensor | None,
     soft_targets: Tensor | None,
@@ -130,7 +116,7 @@ def _softmax_kernel(
         else:
             torch.add(logits, adjustment, out=grad)
         if keep is not None:
-            _zero_dropped_rows(grad, block_rows(keep, rows))
+            zero_dropped_rows(grad, block_rows(keep, rows), out=grad)
         if entry_adjustment is not None:
             grad.copy_(entry_adjustment(grad, rows))
         if soft_targets is not None:
