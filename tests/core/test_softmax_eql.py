@@ -16,6 +16,7 @@ from reference_losses import (
 )
 
 from eqlosses import SoftmaxEQL
+from eqlosses.functional import softmax as softmax_module
 from eqlosses.functional import softmax_eql, softmax_eql_adjustment
 
 C = 5
@@ -57,6 +58,19 @@ STREAMS = {
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("name", list(STREAMS))
 def test_stream_matches_reference(dtype, name):
+    _check_stream(dtype, name)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("name", ["plain", "pixel", "smooth"])
+def test_stream_matches_reference_in_blocks_of_a_few_rows(dtype, name, monkeypatch):
+    """Blocks of 7 rows: several per batch, and an image's blocks are slices of its
+    positions, not whole images (the kernel's strided, not contiguous, case)."""
+    monkeypatch.setattr(softmax_module, "SOFTMAX_BLOCK_ELEMENTS", 7 * C)
+    _check_stream(dtype, name)
+
+
+def _check_stream(dtype, name):
     layout, options = STREAMS[name]
     gen = torch.Generator().manual_seed(11)
     module = SoftmaxEQL(C, loss_weight=0.7, **options)

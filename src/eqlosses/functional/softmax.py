@@ -91,6 +91,16 @@ def _row_scale(weight: Tensor | None, grad_scale: Tensor | float | None) -> Tens
     return weight if grad_scale is None else weight * grad_scale
 
 
+def _class_sums(block: Tensor, weight: Tensor | None, class_dim: int) -> Tensor:
+    """``(K,)`` sums of the block's entries over its rows, each row times its ``weight``
+    (``None``: 1); ``class_dim`` is the block's class dimension."""
+    if weight is None:
+        return block.sum(1 - class_dim)
+    if class_dim == 1:
+        return torch.mm(weight.t(), block).view(-1)
+    return torch.mv(block, weight.view(-1))
+
+
 def _softmax_kernel(
     labels: Tensor | None,
     soft_targets: Tensor | None,
@@ -103,14 +113,13 @@ def _softmax_kernel(
     per_row: bool,
 ) -> BlockKernel:
     """Block kernel of the cross-entropy; ``labels``, ``rows_weight`` and ``keep`` are
-    ``(R, 1)`` columns, and so is every per-row quantity inside. ``rows_weight`` ``None``:
-    every row weighs 1. ``keep`` (``None``: every row) marks the rows that count; the
-    others enter as zeros, whatever their logits hold."""
+    ``(R, 1)`` columns. ``rows_weight`` ``None``: every row weighs 1. ``keep`` (``None``:
+    every row) marks the rows that count; the others enter as zeros, whatever their
+    logits hold."""
 
     def kernel(logits: Tensor, rows: slice, grad: Tensor) -> BlockResult:
         num_columns = logits.shape[1]
-        weight = None if rows_weight is None else block_rows(rows_weight, rows)
-        # grad holds z̃, then exp(z̃ - max), then the gradient: no other block-sized buffer
+        # grad holds z̃, then softmax(z̃), then the gradient: no other block-sized buffer
         if adjustment is None:
             grad.copy_(logits)
         else:
@@ -119,24 +128,38 @@ def _softmax_kernel(
             zero_dropped_rows(grad, block_rows(keep, rows), out=grad)
         if entry_adjustment is not None:
             grad.copy_(entry_adjustment(grad, rows))
+        # A channels-first block is a (rows, K) view whose rows run along memory. Its
+        # (K, rows) transpose is the image's own layout: softmax runs there in place
+        # (over the transposed view it would copy first), and the gathers and the
+        # scatter read along memory. Per-row quantities then are (1, rows).
+        class_dim = 0 if grad.stride(0) == 1 and num_columns > 1 else 1
+        work = grad.t() if class_dim == 0 else grad
+
+        def per_row_values(column: Tensor) -> Tensor:
+            return column if class_dim == 1 else column.view(1, -1)
+
+        weight = None if rows_weight is None else per_row_values(block_rows(rows_weight, rows))
         if soft_targets is not None:
+            # soft targets come with (N, C) logits, whose blocks are row-major
             target = block_rows(soft_targets, rows).to(logits.dtype)
             target_logit = (target * grad).sum(1, keepdim=True)
         else:
             assert labels is not None
-            label = block_rows(labels, rows)
-            target_logit = grad.gather(1, label)
-            mean_logit = grad.mean(1, keepdim=True) if label_smoothing > 0 else None
-        shift = grad.amax(1, keepdim=True)
-        grad.sub_(shift).exp_()
-        total = grad.sum(1, keepdim=True)
-        inverse = total.reciprocal()
-        log_norm = total.log_().add_(shift)
+            label = per_row_values(block_rows(labels, rows))
+            target_logit = work.gather(class_dim, label)
+            mean_logit = work.mean(class_dim, keepdim=True) if label_smoothing > 0 else None
+        shift = work.amax(class_dim, keepdim=True)
+        # softmax reads a row before it writes it, so it may write over its input
+        torch.softmax(work, class_dim, out=work)
+        # The row's largest entry is exp(0) / Σ_j exp(z̃_j - max) in the softmax, at least
+        # 1 / K, so it never underflows: log Σ_j exp(z̃_j) = max - log(max_j p_j) holds
+        # however far below the maximum the target's logit lies.
+        log_norm = shift.sub_(work.amax(class_dim, keepdim=True).log_())
 
         if soft_targets is not None:
             target_mass = target.sum(1, keepdim=True)
             loss = log_norm * target_mass - target_logit
-            grad.mul_(inverse * target_mass).sub_(target)
+            grad.mul_(target_mass).sub_(target)
             magnitude = grad.abs() if weight is None else grad.abs().mul_(weight)
             pos_inc = (magnitude * target).sum(0)
             neg_inc = magnitude.sum(0) - pos_inc
@@ -144,18 +167,21 @@ def _softmax_kernel(
             if scale is not None:
                 grad.mul_(scale)
         elif label_smoothing == 0:
-            # grad is exp(z̃ - max) = total · softmax(z̃): fold 1/total into the row factors.
-            # The target entries stay in place for the column sums (no zeroing scatter,
-            # which is slow on the strided per-pixel blocks), which lose their targets'
-            # share afterwards.
-            row_factor = inverse if weight is None else weight * inverse
-            weighted_prob = grad.gather(1, label).mul_(row_factor)
+            # The target entries stay in place for the column sums (no zeroing scatter),
+            # which lose their targets' share afterwards.
+            weighted_prob = work.gather(class_dim, label)
+            if weight is not None:
+                weighted_prob.mul_(weight)
             loss = log_norm - target_logit
-            neg_inc = torch.mm(row_factor.t(), grad).view(-1)
+            neg_inc = _class_sums(work, weight, class_dim)
             # the target entries' gradient, w (p - 1); its magnitude is w (1 - p)
             target_grad = weighted_prob - (1.0 if weight is None else weight)
-            grad.mul_(row_factor if grad_scale is None else row_factor * grad_scale)
-            grad.scatter_(1, label, target_grad if grad_scale is None else target_grad * grad_scale)
+            scale = _row_scale(weight, grad_scale)
+            if scale is not None:
+                work.mul_(scale)
+            work.scatter_(
+                class_dim, label, target_grad if grad_scale is None else target_grad * grad_scale
+            )
             flat_label = label.view(-1)
             # the targets' share comes out of the column sums: clamped, so that rounding
             # cannot leave a class a (tiny) negative magnitude
@@ -168,26 +194,22 @@ def _softmax_kernel(
             loss = (1.0 - label_smoothing) * (log_norm - target_logit) + label_smoothing * (
                 log_norm - mean_logit
             )
-            grad.mul_(inverse).sub_(smooth)
-            target_grad = grad.gather(1, label) - (1.0 - label_smoothing)
+            work.sub_(smooth)
+            target_grad = work.gather(class_dim, label) - (1.0 - label_smoothing)
             # The statistics split by the hard label, so the smoothing mass on the other
             # columns counts as negative gradient.
-            grad.scatter_(1, label, 0.0)
-            magnitude = grad.abs()
-            if weight is None:
-                neg_inc = magnitude.sum(0)
-            else:
-                neg_inc = torch.mm(weight.t(), magnitude).view(-1)
+            work.scatter_(class_dim, label, 0.0)
+            neg_inc = _class_sums(work.abs(), weight, class_dim)
             scale = _row_scale(weight, grad_scale)
             if scale is not None:
-                grad.mul_(scale)
+                work.mul_(scale)
             target_magnitude = target_grad.abs() if weight is None else weight * target_grad.abs()
-            grad.scatter_(1, label, target_grad if scale is None else target_grad * scale)
+            work.scatter_(class_dim, label, target_grad if scale is None else target_grad * scale)
             pos_inc = torch.zeros(num_columns, dtype=logits.dtype, device=logits.device)
             pos_inc.index_add_(0, label.view(-1), target_magnitude.view(-1))
         if weight is not None:
             loss = loss.mul_(weight)
-        loss = loss.view(-1)
+        loss = loss.reshape(-1)
         return BlockResult(loss if per_row else loss.sum(), pos_inc, neg_inc)
 
     return kernel
