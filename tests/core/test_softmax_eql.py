@@ -61,12 +61,13 @@ def test_stream_matches_reference(dtype, name):
     _check_stream(dtype, name)
 
 
+@pytest.mark.parametrize("block_rows", [7, 25])
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("name", ["plain", "pixel", "smooth"])
-def test_stream_matches_reference_in_blocks_of_a_few_rows(dtype, name, monkeypatch):
-    """Blocks of 7 rows: several per batch, and an image's blocks are slices of its
-    positions, not whole images (the kernel's strided, not contiguous, case)."""
-    monkeypatch.setattr(softmax_module, "SOFTMAX_BLOCK_ELEMENTS", 7 * C)
+def test_stream_matches_reference_in_blocks_of_a_few_rows(dtype, name, block_rows, monkeypatch):
+    """Several blocks per batch. Per pixel (20 positions an image), 7 rows: a block is a
+    slice of an image's positions (the kernel's strided case); 25 rows: one whole image."""
+    monkeypatch.setattr(softmax_module, "SOFTMAX_BLOCK_ELEMENTS", block_rows * C)
     _check_stream(dtype, name)
 
 

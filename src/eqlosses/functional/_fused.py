@@ -60,10 +60,10 @@ class BlockResult(NamedTuple):
     neg_increment: Tensor
 
 
-# A block kernel gets the block's logits (rows, K) in the compute dtype (possibly a
-# strided view), the slice of rows it covers (``slice(None)`` when one block covers
-# them all), and the (rows, K) view of the gradient to fill; it must not write to the
-# logits.
+# A block kernel gets the block's logits (rows, K), or (B, K, P) for image blocks (see
+# run_blocks), in the compute dtype (possibly a strided view), the slice of rows it
+# covers (``slice(None)`` when one block covers them all), and the view of the gradient
+# to fill, of the block's shape; it must not write to the logits.
 BlockKernel = Callable[[Tensor, slice, Tensor], BlockResult]
 
 
@@ -190,8 +190,9 @@ def place_positives(
 
 
 def zero_dropped_rows(block: Tensor, keep: Tensor, *, out: Tensor) -> Tensor:
-    """``block`` with the rows whose ``keep`` (an ``(R, 1)`` column) is false set to zero,
-    whatever they held (``inf``, NaN), written to ``out`` (which may be ``block``).
+    """``block`` with the rows whose ``keep`` is false set to zero, whatever they held
+    (``inf``, NaN), written to ``out`` (which may be ``block``). ``keep`` is an ``(R, 1)``
+    column for an ``(R, K)`` block, or ``(B, 1, P)`` for an image block ``(B, K, P)``.
 
     On a host-checked device the dropped rows are found on the host and filled: the
     elementwise ``where`` that an accelerator runs instead is a scalar loop on the CPU,
@@ -200,6 +201,10 @@ def zero_dropped_rows(block: Tensor, keep: Tensor, *, out: Tensor) -> Tensor:
     if checks_on_host(keep):
         if out is not block:
             out.copy_(block)
+        if block.dim() == 3:
+            images, _, positions = torch.nonzero(~keep, as_tuple=True)
+            out[images, :, positions] = 0.0
+            return out
         return out.index_fill_(0, torch.nonzero(~keep.view(-1)).view(-1), 0.0)
     return torch.where(keep, block, block.new_zeros(()), out=out)
 
@@ -218,12 +223,18 @@ def run_blocks(
     keep: Tensor | None = None,
     block_elements: int = BLOCK_ELEMENTS,
     one_thread: bool = True,
+    image_blocks: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Run ``kernel`` over the rows of ``logits``; returns loss, gradient and increments.
 
     Rows are the leading dimensions of a ``(..., K)`` tensor, or for ``channels_first``
     the positions ``(n, d1, ...)`` of an ``(N, K, d1, ...)`` tensor, numbered in that
-    order. ``loss_kind`` says what the kernels return: ``'sum'`` a scalar, ``'entry'`` a
+    order. A channels-first block is the ``(rows, K)`` transpose of one image's positions,
+    or with ``image_blocks`` a ``(B, K, P)`` view in the logits' own layout: whole images
+    (as many as fit in ``block_elements``), or the positions of one image that does not
+    fit, ``(1, K, p)``; its rows are still a contiguous range, which the kernel views as
+    ``(B, 1, P)`` (there ``keep`` must be ``None``: the kernel drops rows itself).
+    ``loss_kind`` says what the kernels return: ``'sum'`` a scalar, ``'entry'`` a
     per-entry block (the result has the logits' shape), ``'row'`` a per-row vector (the
     result has the logits' shape without the class dimension). ``keep`` (flat bool per
     row) marks the rows that count: the kernels see zeros in the others, so that their
@@ -231,6 +242,7 @@ def run_blocks(
     ``one_thread``: on the CPU, the blocks run with one intra-op thread (see
     :func:`_intra_op_threads`), so the result does not depend on the thread count either.
     """
+    assert keep is None or not image_blocks
     serial = one_thread and logits.device.type == "cpu" and logits.numel() > block_elements
     arguments = (
         logits,
@@ -241,6 +253,7 @@ def run_blocks(
         keep,
         block_elements,
         serial,
+        image_blocks,
     )
     if torch.compiler.is_compiling():
         return _run_blocks_outside_graph(*arguments)
@@ -258,6 +271,7 @@ def _run_blocks(
     keep: Tensor | None,
     block_elements: int,
     serial: bool,
+    image_blocks: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     logits = logits.detach()
     dtype = compute_dtype(logits)
@@ -270,10 +284,25 @@ def _run_blocks(
         logits_3d = logits.reshape(batch, num_columns, positions)
         grad_3d = grad.view(batch, num_columns, positions)
         views: list[tuple[slice, Tensor, Tensor]] = []
-        for n in range(batch):
-            for block in _blocks(positions, num_columns, block_elements):
-                rows = slice(n * positions + block.start, n * positions + block.stop)
-                views.append((rows, logits_3d[n, :, block].t(), grad_3d[n, :, block].t()))
+        image_elements = num_columns * positions
+        if image_blocks and 0 < image_elements <= block_elements:
+            images = block_elements // image_elements
+            if images >= batch:
+                views.append((slice(None), logits_3d, grad_3d))
+            else:
+                for start in range(0, batch, images):
+                    stop = min(start + images, batch)
+                    rows = slice(start * positions, stop * positions)
+                    views.append((rows, logits_3d[start:stop], grad_3d[start:stop]))
+        else:
+            for n in range(batch):
+                for block in _blocks(positions, num_columns, block_elements):
+                    rows = slice(n * positions + block.start, n * positions + block.stop)
+                    logits_view, grad_view = logits_3d[n, :, block], grad_3d[n, :, block]
+                    if image_blocks:
+                        views.append((rows, logits_view.unsqueeze(0), grad_view.unsqueeze(0)))
+                    else:
+                        views.append((rows, logits_view.t(), grad_view.t()))
         loss_shape = (logits.shape[0], *logits.shape[2:])
     else:
         num_columns = logits.shape[-1]

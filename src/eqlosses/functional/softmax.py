@@ -93,7 +93,11 @@ def _row_scale(weight: Tensor | None, grad_scale: Tensor | float | None) -> Tens
 
 def _class_sums(block: Tensor, weight: Tensor | None, class_dim: int) -> Tensor:
     """``(K,)`` sums of the block's entries over its rows, each row times its ``weight``
-    (``None``: 1); ``class_dim`` is the block's class dimension."""
+    (``None``: 1); ``class_dim`` is the block's class dimension (1 for an image block)."""
+    if block.dim() == 3:
+        if weight is None:
+            return block.sum((0, 2))
+        return torch.bmm(block, weight.transpose(1, 2)).sum(0).view(-1)
     if weight is None:
         return block.sum(1 - class_dim)
     if class_dim == 1:
@@ -115,28 +119,40 @@ def _softmax_kernel(
     """Block kernel of the cross-entropy; ``labels``, ``rows_weight`` and ``keep`` are
     ``(R, 1)`` columns. ``rows_weight`` ``None``: every row weighs 1. ``keep`` (``None``:
     every row) marks the rows that count; the others enter as zeros, whatever their
-    logits hold."""
+    logits hold. A block is ``(rows, K)``, or an image block ``(B, K, P)`` (see
+    :func:`~eqlosses.functional._fused.run_blocks`), whose rows are ``(B, 1, P)``."""
 
     def kernel(logits: Tensor, rows: slice, grad: Tensor) -> BlockResult:
         num_columns = logits.shape[1]
+        # An image block is worked on as it lies. A (rows, K) block whose rows run along
+        # memory (a channels-first image's positions) is worked on as its (K, rows)
+        # transpose, the image's own layout: softmax runs there in place (over the
+        # transposed view it would copy first), and the gathers and the scatter read
+        # along memory. Per-row quantities take the block's row shape.
+        row_shape: tuple[int, ...] | None
+        if grad.dim() == 3:
+            class_dim, work, row_shape = 1, grad, (grad.shape[0], 1, grad.shape[2])
+        elif grad.stride(0) == 1 and num_columns > 1:
+            class_dim, work, row_shape = 0, grad.t(), (1, -1)
+        else:
+            class_dim, work, row_shape = 1, grad, None
+
+        def per_row_values(column: Tensor) -> Tensor:
+            return column if row_shape is None else column.view(row_shape)
+
         # grad holds z̃, then softmax(z̃), then the gradient: no other block-sized buffer
         if adjustment is None:
             grad.copy_(logits)
         else:
-            torch.add(logits, adjustment, out=grad)
+            torch.add(logits, adjustment.view(-1, 1) if grad.dim() == 3 else adjustment, out=grad)
         if keep is not None:
-            zero_dropped_rows(grad, block_rows(keep, rows), out=grad)
+            keep_rows = block_rows(keep, rows)
+            zero_dropped_rows(
+                grad, keep_rows if grad.dim() == 2 else per_row_values(keep_rows), out=grad
+            )
         if entry_adjustment is not None:
+            # given (rows, K) blocks only (see cross_entropy_blocks)
             grad.copy_(entry_adjustment(grad, rows))
-        # A channels-first block is a (rows, K) view whose rows run along memory. Its
-        # (K, rows) transpose is the image's own layout: softmax runs there in place
-        # (over the transposed view it would copy first), and the gathers and the
-        # scatter read along memory. Per-row quantities then are (1, rows).
-        class_dim = 0 if grad.stride(0) == 1 and num_columns > 1 else 1
-        work = grad.t() if class_dim == 0 else grad
-
-        def per_row_values(column: Tensor) -> Tensor:
-            return column if class_dim == 1 else column.view(1, -1)
 
         weight = None if rows_weight is None else per_row_values(block_rows(rows_weight, rows))
         if soft_targets is not None:
@@ -297,6 +313,8 @@ def cross_entropy_blocks(
         loss_kind="row" if per_row else "sum",
         block_elements=SOFTMAX_BLOCK_ELEMENTS,
         one_thread=False,
+        # an entry adjustment (Seesaw's, per pixel) works on (rows, K) blocks
+        image_blocks=entry_adjustment is None,
     )
     if grad_scale is not None:
         loss = loss * grad_scale
