@@ -191,22 +191,26 @@ def place_positives(
 
 def zero_dropped_rows(block: Tensor, keep: Tensor, *, out: Tensor) -> Tensor:
     """``block`` with the rows whose ``keep`` is false set to zero, whatever they held
-    (``inf``, NaN), written to ``out`` (which may be ``block``). ``keep`` is an ``(R, 1)``
-    column for an ``(R, K)`` block, or ``(B, 1, P)`` for an image block ``(B, K, P)``.
+    (``inf``, NaN), written to ``out`` (which may be ``block``). ``keep`` is flat, one
+    flag per row: the rows of an ``(R, K)`` block, or for an image block ``(B, K, P)``
+    its ``B·P`` positions in order.
 
     On a host-checked device the dropped rows are found on the host and filled: the
     elementwise ``where`` that an accelerator runs instead is a scalar loop on the CPU,
     several times slower than a copy.
     """
+    image_block = block.dim() == 3
     if checks_on_host(keep):
         if out is not block:
             out.copy_(block)
-        if block.dim() == 3:
-            images, _, positions = torch.nonzero(~keep, as_tuple=True)
+        if image_block:
+            dropped = ~keep.view(block.shape[0], block.shape[2])
+            images, positions = torch.nonzero(dropped, as_tuple=True)
             out[images, :, positions] = 0.0
             return out
-        return out.index_fill_(0, torch.nonzero(~keep.view(-1)).view(-1), 0.0)
-    return torch.where(keep, block, block.new_zeros(()), out=out)
+        return out.index_fill_(0, torch.nonzero(~keep).view(-1), 0.0)
+    shaped = keep.view(block.shape[0], 1, block.shape[2]) if image_block else keep.view(-1, 1)
+    return torch.where(shaped, block, block.new_zeros(()), out=out)
 
 
 def _sum_blocks(parts: list[Tensor]) -> Tensor:
@@ -328,7 +332,7 @@ def _run_blocks(
         if keep is None:
             return view
         out = torch.empty(view.shape, dtype=dtype, device=device)
-        return zero_dropped_rows(view, block_rows(keep, rows).unsqueeze(1), out=out)
+        return zero_dropped_rows(view, block_rows(keep, rows), out=out)
 
     def run(view_rows_out: tuple[slice, Tensor, Tensor]) -> BlockResult:
         rows, view, out = view_rows_out

@@ -116,10 +116,10 @@ def _softmax_kernel(
     grad_scale: Tensor | float | None,
     per_row: bool,
 ) -> BlockKernel:
-    """Block kernel of the cross-entropy; ``labels``, ``rows_weight`` and ``keep`` are
-    ``(R, 1)`` columns. ``rows_weight`` ``None``: every row weighs 1. ``keep`` (``None``:
-    every row) marks the rows that count; the others enter as zeros, whatever their
-    logits hold. A block is ``(rows, K)``, or an image block ``(B, K, P)`` (see
+    """Block kernel of the cross-entropy; ``labels`` and ``rows_weight`` are ``(R, 1)``
+    columns, ``keep`` is flat ``(R,)``. ``rows_weight`` ``None``: every row weighs 1.
+    ``keep`` (``None``: every row) marks the rows that count; the others enter as zeros,
+    whatever their logits hold. A block is ``(rows, K)``, or an image block ``(B, K, P)`` (see
     :func:`~eqlosses.functional._fused.run_blocks`), whose rows are ``(B, 1, P)``."""
 
     def kernel(logits: Tensor, rows: slice, grad: Tensor) -> BlockResult:
@@ -146,10 +146,7 @@ def _softmax_kernel(
         else:
             torch.add(logits, adjustment.view(-1, 1) if grad.dim() == 3 else adjustment, out=grad)
         if keep is not None:
-            keep_rows = block_rows(keep, rows)
-            zero_dropped_rows(
-                grad, keep_rows if grad.dim() == 2 else per_row_values(keep_rows), out=grad
-            )
+            zero_dropped_rows(grad, block_rows(keep, rows), out=grad)
         if entry_adjustment is not None:
             # given (rows, K) blocks only (see cross_entropy_blocks)
             grad.copy_(entry_adjustment(grad, rows))
@@ -298,7 +295,7 @@ def cross_entropy_blocks(
         None if rows.labels is None else rows.labels.unsqueeze(1),
         soft,
         None if rows.weight is None else rows.weight.unsqueeze(1),
-        None if rows.keep is None else rows.keep.unsqueeze(1),
+        rows.keep,
         None if adjustment is None else adjustment.to(dtype),
         entry_adjustment,
         label_smoothing,
