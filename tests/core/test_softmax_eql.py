@@ -15,6 +15,7 @@ from reference_losses import (
     split_by_target,
 )
 
+import eqlosses.checks
 from eqlosses import SoftmaxEQL
 from eqlosses.functional import softmax as softmax_module
 from eqlosses.functional import softmax_eql, softmax_eql_adjustment
@@ -69,6 +70,19 @@ def test_stream_matches_reference_in_blocks_of_a_few_rows(dtype, name, block_row
     slice of an image's positions (the kernel's strided case); 25 rows: one whole image."""
     monkeypatch.setattr(softmax_module, "SOFTMAX_BLOCK_ELEMENTS", block_rows * C)
     _check_stream(dtype, name)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("name", ["plain", "soft"])
+def test_stream_matches_reference_on_other_thread_counts(name, threads):
+    """On the CPU the class sums run per intra-op thread's share of the rows (30 rows: 3
+    shares of 10 on 3 threads; 1 thread sums them whole); the suite's default is 2."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check_stream(torch.float32, name)
+    finally:
+        torch.set_num_threads(before)
 
 
 def _check_stream(dtype, name):
@@ -369,3 +383,35 @@ def test_pixel_statistics_count_pixels():
     close(module.pos_grad, torch.tensor([1 / 3, 1 / 6], dtype=torch.float64), torch.float64)
     close(module.neg_grad, torch.tensor([1 / 6, 1 / 3], dtype=torch.float64), torch.float64)
     assert math.isclose(float(module.grad_ratio[0]), 2.0, rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("block_rows", [None, 4])
+@pytest.mark.parametrize("layout", ["plain", "pixel"])
+def test_a_target_far_below_its_rows_maximum_keeps_an_exact_loss(layout, block_rows, monkeypatch):
+    """On the host a hard label's loss is -log p_t. Where the target's logit lies 75 or 120
+    below the row's largest, p_t is below float32's normal range and the kernel takes the
+    row's loss from logsumexp instead; 60 below, -log p_t itself is still exact. Each row's
+    loss and gradient are compared, in float32, with float64 cross-entropy, on the host
+    path and on the device path (which does not read p_t)."""
+    if block_rows is not None:  # some blocks hold such a row, others none
+        monkeypatch.setattr(softmax_module, "SOFTMAX_BLOCK_ELEMENTS", block_rows * C)
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(12, C, generator=gen, dtype=torch.float64)
+    target = torch.randint(0, C, (12,), generator=gen)
+    for row, below in ((1, 60.0), (2, 75.0), (3, 120.0), (9, 120.0)):
+        logits[row, target[row]] = logits[row].max() - below
+    if layout == "pixel":  # (2, C, 2, 3): the same rows, as the positions of two images
+        logits = logits.view(2, 6, C).permute(0, 2, 1).reshape(2, C, 2, 3)
+        target = target.view(2, 2, 3)
+    reference = logits.clone().requires_grad_(True)
+    expected = F.cross_entropy(reference, target, reduction="none")
+    expected.sum().backward()
+    assert float(expected.max()) > 119.0
+    for host in (True, False):
+        if not host:
+            monkeypatch.setattr(eqlosses.checks, "HOST_CHECKED_DEVICES", frozenset())
+        x = logits.float().requires_grad_(True)
+        out = softmax_eql(x, target, torch.zeros(C), reduction="none")
+        out.loss.sum().backward()
+        torch.testing.assert_close(out.loss.double(), expected, rtol=1e-6, atol=1e-6)
+        close(x.grad, reference.grad, torch.float32)

@@ -23,6 +23,7 @@ from ..checks import (
     check_number,
     check_tensor,
     check_values,
+    checks_on_host,
     reads_values,
 )
 from ..labels import (
@@ -98,11 +99,42 @@ def _class_sums(block: Tensor, weight: Tensor | None, class_dim: int) -> Tensor:
         if weight is None:
             return block.sum((0, 2))
         return torch.bmm(block, weight.transpose(1, 2)).sum(0).view(-1)
+    threads = torch.get_num_threads() if block.device.type == "cpu" else 1
+    if class_dim == 1 and threads > 1 and block.shape[0] % threads == 0:
+        # Each intra-op thread sums the rows it wrote in the row-parallel passes before.
+        # A plain column sum splits the rows across the threads by column instead; the
+        # next write to the block then pulls lines between the cores' caches, which on
+        # some runs made that write several times slower than the pass itself.
+        shares = block.view(threads, -1, block.shape[1])
+        if weight is None:
+            return shares.sum(1).sum(0)
+        return torch.bmm(weight.view(threads, 1, -1), shares).sum((0, 1))
     if weight is None:
         return block.sum(1 - class_dim)
     if class_dim == 1:
         return torch.mm(weight.t(), block).view(-1)
     return torch.mv(block, weight.view(-1))
+
+
+def _target_nll(
+    target_prob: Tensor, adjusted: Callable[[], Tensor], class_dim: int, label: Tensor
+) -> Tensor:
+    """Per row, ``log Σ_j exp(z̃_j) - z̃_t`` from the target's softmax probability ``p_t``:
+    ``-log p_t``, exact while ``p_t`` keeps its full precision. A row whose ``p_t`` lies
+    below that (a target logit some 70 below the row's largest in float32) takes the
+    value from ``logsumexp`` over the block's z̃, computed again by ``adjusted()`` (a
+    block-sized buffer, only for such a block). Reads the host once.
+    """
+    nll = target_prob.log().neg_()
+    info = torch.finfo(target_prob.dtype)
+    # p_t = exp(z̃_t - max) / S with S >= 1: from here on both are normal numbers
+    smallest_exact = info.tiny / info.eps * 2.0
+    imprecise = target_prob < smallest_exact
+    if bool(imprecise.any()):
+        z = adjusted()
+        exact = torch.logsumexp(z, class_dim, keepdim=True).sub_(z.gather(class_dim, label))
+        nll = torch.where(imprecise, exact, nll)
+    return nll
 
 
 def _softmax_kernel(
@@ -140,16 +172,24 @@ def _softmax_kernel(
         def per_row_values(column: Tensor) -> Tensor:
             return column if row_shape is None else column.view(row_shape)
 
+        def adjusted(out: Tensor) -> Tensor:
+            """The block's z̃, written to ``out`` (of the block's shape); as worked on."""
+            if adjustment is None:
+                out.copy_(logits)
+            else:
+                torch.add(logits, adjustment.view(-1, 1) if out.dim() == 3 else adjustment, out=out)
+            if keep is not None:
+                zero_dropped_rows(out, block_rows(keep, rows), out=out)
+            if entry_adjustment is not None:
+                # given (rows, K) blocks only (see cross_entropy_blocks)
+                out.copy_(entry_adjustment(out, rows))
+            return out.t() if class_dim == 0 else out
+
         # grad holds z̃, then softmax(z̃), then the gradient: no other block-sized buffer
-        if adjustment is None:
-            grad.copy_(logits)
-        else:
-            torch.add(logits, adjustment.view(-1, 1) if grad.dim() == 3 else adjustment, out=grad)
-        if keep is not None:
-            zero_dropped_rows(grad, block_rows(keep, rows), out=grad)
-        if entry_adjustment is not None:
-            # given (rows, K) blocks only (see cross_entropy_blocks)
-            grad.copy_(entry_adjustment(grad, rows))
+        adjusted(grad)
+        # On the host a hard label's loss is read off the softmax, -log p_t (see
+        # _target_nll), which spares the two passes for the rows' maxima.
+        from_softmax = soft_targets is None and label_smoothing == 0 and checks_on_host(grad)
 
         weight = None if rows_weight is None else per_row_values(block_rows(rows_weight, rows))
         if soft_targets is not None:
@@ -159,15 +199,17 @@ def _softmax_kernel(
         else:
             assert labels is not None
             label = per_row_values(block_rows(labels, rows))
-            target_logit = work.gather(class_dim, label)
+            if not from_softmax:
+                target_logit = work.gather(class_dim, label)
             mean_logit = work.mean(class_dim, keepdim=True) if label_smoothing > 0 else None
-        shift = work.amax(class_dim, keepdim=True)
+        shift = None if from_softmax else work.amax(class_dim, keepdim=True)
         # softmax reads a row before it writes it, so it may write over its input
         torch.softmax(work, class_dim, out=work)
-        # The row's largest entry is exp(0) / Σ_j exp(z̃_j - max) in the softmax, at least
-        # 1 / K, so it never underflows: log Σ_j exp(z̃_j) = max - log(max_j p_j) holds
-        # however far below the maximum the target's logit lies.
-        log_norm = shift.sub_(work.amax(class_dim, keepdim=True).log_())
+        if shift is not None:
+            # The row's largest entry is exp(0) / Σ_j exp(z̃_j - max) in the softmax, at
+            # least 1 / K, so it never underflows: log Σ_j exp(z̃_j) = max - log(max_j p_j)
+            # holds however far below the maximum the target's logit lies.
+            log_norm = shift.sub_(work.amax(class_dim, keepdim=True).log_())
 
         if soft_targets is not None:
             target_mass = target.sum(1, keepdim=True)
@@ -183,9 +225,14 @@ def _softmax_kernel(
             # The target entries stay in place for the column sums (no zeroing scatter),
             # which lose their targets' share afterwards.
             weighted_prob = work.gather(class_dim, label)
+            if from_softmax:
+                loss = _target_nll(
+                    weighted_prob, lambda: adjusted(torch.empty_like(grad)), class_dim, label
+                )
+            else:
+                loss = log_norm - target_logit
             if weight is not None:
                 weighted_prob.mul_(weight)
-            loss = log_norm - target_logit
             neg_inc = _class_sums(work, weight, class_dim)
             # the target entries' gradient, w (p - 1); its magnitude is w (1 - p)
             target_grad = weighted_prob - (1.0 if weight is None else weight)
