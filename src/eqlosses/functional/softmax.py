@@ -129,11 +129,11 @@ def _target_nll(
     info = torch.finfo(target_prob.dtype)
     # p_t = exp(z̃_t - max) / S with S >= 1: from here on both are normal numbers
     smallest_exact = info.tiny / info.eps * 2.0
-    imprecise = target_prob < smallest_exact
-    if bool(imprecise.any()):
+    # a NaN fails the test too; its row keeps its NaN, only rows below the bound change
+    if target_prob.numel() > 0 and not float(target_prob.amin()) >= smallest_exact:
         z = adjusted()
         exact = torch.logsumexp(z, class_dim, keepdim=True).sub_(z.gather(class_dim, label))
-        nll = torch.where(imprecise, exact, nll)
+        nll = torch.where(target_prob < smallest_exact, exact, nll)
     return nll
 
 
@@ -269,8 +269,7 @@ def _softmax_kernel(
             pos_inc.index_add_(0, label.view(-1), target_magnitude.view(-1))
         if weight is not None:
             loss = loss.mul_(weight)
-        loss = loss.reshape(-1)
-        return BlockResult(loss if per_row else loss.sum(), pos_inc, neg_inc)
+        return BlockResult(loss.reshape(-1) if per_row else loss.sum(), pos_inc, neg_inc)
 
     return kernel
 
