@@ -389,10 +389,11 @@ def test_pixel_statistics_count_pixels():
 @pytest.mark.parametrize("layout", ["plain", "pixel"])
 def test_a_target_far_below_its_rows_maximum_keeps_an_exact_loss(layout, block_rows, monkeypatch):
     """On the host a hard label's loss is -log p_t. Where the target's logit lies 75 or 120
-    below the row's largest, p_t is below float32's normal range and the kernel takes the
-    row's loss from logsumexp instead; 60 below, -log p_t itself is still exact. Each row's
-    loss and gradient are compared, in float32, with float64 cross-entropy, on the host
-    path and on the device path (which does not read p_t). A NaN row beside them stays NaN."""
+    below the row's largest, p_t is below 2^-102, where it may have lost precision, and the
+    kernel takes the row's loss from logsumexp instead; 60 below, -log p_t itself is still
+    exact. Each row's loss and gradient are compared, in float32, with float64
+    cross-entropy, on the host path and on the device path (which does not read p_t). A
+    NaN row beside them stays NaN."""
     if block_rows is not None:  # some blocks hold such a row, others none
         monkeypatch.setattr(softmax_module, "SOFTMAX_BLOCK_ELEMENTS", block_rows * C)
     gen = torch.Generator().manual_seed(3)
