@@ -75,6 +75,13 @@ def check_number(
 ) -> float:
     """``value`` as a ``float``; raises unless it is a finite real number (not a bool)
     within the bounds (closed unless ``low_open`` / ``high_open``)."""
+    if not isinstance(value, bool) and isinstance(value, Real):
+        number = float(value)
+        too_low = low is not None and (number <= low if low_open else number < low)
+        too_high = high is not None and (number >= high if high_open else number > high)
+        if math.isfinite(number) and not too_low and not too_high:
+            return number
+    # the message is built only here: the checks run in every training step
     lower = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
     upper = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
     if low is not None and high is not None:
@@ -82,16 +89,7 @@ def check_number(
         what = f"a finite number in {opening}{low:g}, {high:g}{closing}"
     else:
         what = " ".join(part for part in ("a finite number", lower, upper) if part)
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise ValueError(f"{name}: expected {what}, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(f"{name}: expected {what}, got {value!r}")
-    too_low = low is not None and (number <= low if low_open else number < low)
-    too_high = high is not None and (number >= high if high_open else number > high)
-    if too_low or too_high:
-        raise ValueError(f"{name}: expected {what}, got {value!r}")
-    return number
+    raise ValueError(f"{name}: expected {what}, got {value!r}")
 
 
 def check_flag(name: str, value: object) -> bool:

@@ -142,16 +142,21 @@ class GradientStatistics(nn.Module):
         float64 = torch.float64
         device = self.pos_grad.device
         # The statistics may live on another device than the loss (a criterion left on
-        # the CPU): every tensor joins them there.
-        if isinstance(normaliser, Tensor):
+        # the CPU): every tensor joins them there. The increments are summed and divided
+        # in float64, as the sums are kept: no rounding to the increments' dtype.
+        increments = torch.cat([pos_increment, neg_increment])
+        if increments.device != device or increments.dtype != float64:
+            increments = increments.to(device=device, dtype=float64)
+        if isinstance(normaliser, Tensor) and normaliser.device != device:
             normaliser = normaliser.to(device)
-        if isinstance(num_samples, Tensor):
+        if isinstance(num_samples, Tensor) and num_samples.device != device:
             num_samples = num_samples.to(device)
         # Non-finite where the loss has a non-finite entry: it spoils the check below.
         loss_total: Tensor | None = None
         if loss is not None:
-            loss_total = (loss if loss.dim() == 0 else loss.sum(dtype=float64)).to(device)
-        increments = torch.cat([pos_increment.to(device), neg_increment.to(device)])
+            loss_total = loss if loss.dim() == 0 else loss.sum(dtype=float64)
+            if loss_total.device != device:
+                loss_total = loss_total.to(device)
         if is_distributed():
             # One buffer, so one all-reduce: [pos, neg, normaliser, num_samples, loss].
             extras = [
@@ -161,7 +166,7 @@ class GradientStatistics(nn.Module):
             ]
             packed = torch.cat(
                 [
-                    increments.to(float64),
+                    increments,
                     torch.stack([torch.as_tensor(x, dtype=float64, device=device) for x in extras]),
                 ]
             )
@@ -174,7 +179,7 @@ class GradientStatistics(nn.Module):
         # check NaN or infinite, and its product with 0 NaN, which fails the comparison:
         # accepted means "every entry finite and some sample". (Tensor.isfinite costs
         # four operations.) Python numbers are judged here, on the host.
-        check = increments.sum(dtype=float64)
+        check = increments.sum()
         if loss_total is not None:
             check = check + loss_total
         if isinstance(normaliser, Tensor):
@@ -188,16 +193,13 @@ class GradientStatistics(nn.Module):
         )
         if not host_accepts:
             accepted.fill_(False)
-        if normaliser is not None:
-            # divided in float64, as the sums are kept: no rounding to the increments' dtype
-            increments = increments.to(float64)
-            if isinstance(normaliser, Tensor):
-                increments = increments / normaliser.clamp_min(normaliser_floor)
-            else:
-                increments = increments / max(normaliser, normaliser_floor)
-        increments = torch.where(accepted, increments, 0.0)
-        self.pos_grad.add_(increments[:num_classes])
-        self.neg_grad.add_(increments[num_classes:])
+        if isinstance(normaliser, Tensor):
+            increments = increments / normaliser.clamp_min(normaliser_floor)
+        elif normaliser is not None:
+            increments = increments / max(normaliser, normaliser_floor)
+        pos_step, neg_step = torch.split(torch.where(accepted, increments, 0.0), num_classes)
+        self.pos_grad.add_(pos_step)
+        self.neg_grad.add_(neg_step)
         self.num_updates.add_(accepted)
         return accepted
 

@@ -46,7 +46,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], int, int, bool, int]] = {
     "eql": (lambda: EQL([100 - k for k in range(C)], 200, 0.3), C, C, False, 66),
     "efl": (lambda: EqualizedFocalLoss(C), C, C, False, 98),
     "eqfl": (lambda: EqualizedQualityFocalLoss(C), C, C, True, 113),
-    "softmax_eql": (lambda: SoftmaxEQL(C), C, C - 1, False, 55),
+    "softmax_eql": (lambda: SoftmaxEQL(C), C, C - 1, False, 50),
 }
 
 

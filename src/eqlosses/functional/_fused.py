@@ -498,5 +498,7 @@ def attach_gradient(logits: Tensor, loss: Tensor, grad: Tensor, class_dim: int =
         wanted = torch.float64 if loss.dtype == torch.float64 else torch.float32
     if loss.dtype != wanted:
         loss = loss.to(wanted)
-    out: Tensor = _AttachGradient.apply(logits, loss.detach(), grad, class_dim)  # type: ignore[no-untyped-call]
+    if loss.requires_grad:
+        loss = loss.detach()
+    out: Tensor = _AttachGradient.apply(logits, loss, grad, class_dim)  # type: ignore[no-untyped-call]
     return out

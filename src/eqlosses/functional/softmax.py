@@ -148,8 +148,8 @@ def _softmax_kernel(
     grad_scale: Tensor | float | None,
     per_row: bool,
 ) -> BlockKernel:
-    """Block kernel of the cross-entropy; ``labels`` and ``rows_weight`` are ``(R, 1)``
-    columns, ``keep`` is flat ``(R,)``. ``rows_weight`` ``None``: every row weighs 1.
+    """Block kernel of the cross-entropy; ``labels`` and ``keep`` are flat ``(R,)``,
+    ``rows_weight`` is an ``(R, 1)`` column. ``rows_weight`` ``None``: every row weighs 1.
     ``keep`` (``None``: every row) marks the rows that count; the others enter as zeros,
     whatever their logits hold. A block is ``(rows, K)``, or an image block ``(B, K, P)`` (see
     :func:`~eqlosses.functional._fused.run_blocks`), whose rows are ``(B, 1, P)``."""
@@ -198,7 +198,8 @@ def _softmax_kernel(
             target_logit = (target * grad).sum(1, keepdim=True)
         else:
             assert labels is not None
-            label = per_row_values(block_rows(labels, rows))
+            flat_label = block_rows(labels, rows)
+            label = flat_label.view(-1, 1) if row_shape is None else flat_label.view(row_shape)
             if not from_softmax:
                 target_logit = work.gather(class_dim, label)
             mean_logit = work.mean(class_dim, keepdim=True) if label_smoothing > 0 else None
@@ -234,20 +235,25 @@ def _softmax_kernel(
             if weight is not None:
                 weighted_prob.mul_(weight)
             neg_inc = _class_sums(work, weight, class_dim)
-            # the target entries' gradient, w (p - 1); its magnitude is w (1 - p)
-            target_grad = weighted_prob - (1.0 if weight is None else weight)
-            scale = _row_scale(weight, grad_scale)
-            if scale is not None:
-                work.mul_(scale)
-            work.scatter_(
-                class_dim, label, target_grad if grad_scale is None else target_grad * grad_scale
-            )
-            flat_label = label.view(-1)
+            flat_prob = weighted_prob.view(-1)
+            # the target entries' gradient is w (p - 1); its magnitude w (1 - p)
+            if weight is None:
+                pos_magnitude = 1.0 - flat_prob
+                # p - 1 in place, scaled with the rest of the block
+                work.scatter_(class_dim, label, -1.0, reduce="add")
+                if grad_scale is not None:
+                    work.mul_(grad_scale)
+            else:
+                magnitude = weight - weighted_prob
+                work.mul_(weight if grad_scale is None else weight * grad_scale)
+                target_grad = magnitude.neg() if grad_scale is None else magnitude * -grad_scale
+                work.scatter_(class_dim, label, target_grad)
+                pos_magnitude = magnitude.view(-1)
             # the targets' share comes out of the column sums: clamped, so that rounding
             # cannot leave a class a (tiny) negative magnitude
-            neg_inc.index_add_(0, flat_label, weighted_prob.view(-1), alpha=-1.0).clamp_min_(0.0)
+            neg_inc.index_add_(0, flat_label, flat_prob, alpha=-1.0).clamp_min_(0.0)
             pos_inc = torch.zeros(num_columns, dtype=logits.dtype, device=logits.device)
-            pos_inc.index_add_(0, flat_label, target_grad.view(-1), alpha=-1.0)
+            pos_inc.index_add_(0, flat_label, pos_magnitude)
         else:
             assert mean_logit is not None
             smooth = label_smoothing / num_columns
@@ -266,7 +272,7 @@ def _softmax_kernel(
             target_magnitude = target_grad.abs() if weight is None else weight * target_grad.abs()
             work.scatter_(class_dim, label, target_grad if scale is None else target_grad * scale)
             pos_inc = torch.zeros(num_columns, dtype=logits.dtype, device=logits.device)
-            pos_inc.index_add_(0, label.view(-1), target_magnitude.view(-1))
+            pos_inc.index_add_(0, flat_label, target_magnitude.view(-1))
         if weight is not None:
             loss = loss.mul_(weight)
         return BlockResult(loss.reshape(-1) if per_row else loss.sum(), pos_inc, neg_inc)
@@ -338,7 +344,7 @@ def cross_entropy_blocks(
     grad_scale = mean_scale(rows.num_kept) if reduction == "mean" else None
     per_row = reduction == "none"
     kernel = _softmax_kernel(
-        None if rows.labels is None else rows.labels.unsqueeze(1),
+        rows.labels,
         soft,
         None if rows.weight is None else rows.weight.unsqueeze(1),
         rows.keep,
