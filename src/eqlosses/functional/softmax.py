@@ -148,8 +148,8 @@ def _softmax_kernel(
     grad_scale: Tensor | float | None,
     per_row: bool,
 ) -> BlockKernel:
-    """Block kernel of the cross-entropy; ``labels`` and ``keep`` are flat ``(R,)``,
-    ``rows_weight`` is an ``(R, 1)`` column. ``rows_weight`` ``None``: every row weighs 1.
+    """Block kernel of the cross-entropy; ``labels``, ``rows_weight`` and ``keep`` are
+    flat ``(R,)``. ``rows_weight`` ``None``: every row weighs 1.
     ``keep`` (``None``: every row) marks the rows that count; the others enter as zeros,
     whatever their logits hold. A block is ``(rows, K)``, or an image block ``(B, K, P)`` (see
     :func:`~eqlosses.functional._fused.run_blocks`), whose rows are ``(B, 1, P)``."""
@@ -169,8 +169,8 @@ def _softmax_kernel(
         else:
             class_dim, work, row_shape = 1, grad, None
 
-        def per_row_values(column: Tensor) -> Tensor:
-            return column if row_shape is None else column.view(row_shape)
+        def per_row_values(flat: Tensor) -> Tensor:
+            return flat.view(-1, 1) if row_shape is None else flat.view(row_shape)
 
         def adjusted(out: Tensor) -> Tensor:
             """The block's z̃, written to ``out`` (of the block's shape); as worked on."""
@@ -199,7 +199,7 @@ def _softmax_kernel(
         else:
             assert labels is not None
             flat_label = block_rows(labels, rows)
-            label = flat_label.view(-1, 1) if row_shape is None else flat_label.view(row_shape)
+            label = per_row_values(flat_label)
             if not from_softmax:
                 target_logit = work.gather(class_dim, label)
             mean_logit = work.mean(class_dim, keepdim=True) if label_smoothing > 0 else None
@@ -245,7 +245,9 @@ def _softmax_kernel(
                     work.mul_(grad_scale)
             else:
                 magnitude = weight - weighted_prob
-                work.mul_(weight if grad_scale is None else weight * grad_scale)
+                row_scale = _row_scale(weight, grad_scale)
+                assert row_scale is not None  # a weight makes one
+                work.mul_(row_scale)
                 target_grad = magnitude.neg() if grad_scale is None else magnitude * -grad_scale
                 work.scatter_(class_dim, label, target_grad)
                 pos_magnitude = magnitude.view(-1)
@@ -346,7 +348,7 @@ def cross_entropy_blocks(
     kernel = _softmax_kernel(
         rows.labels,
         soft,
-        None if rows.weight is None else rows.weight.unsqueeze(1),
+        rows.weight,
         rows.keep,
         None if adjustment is None else adjustment.to(dtype),
         entry_adjustment,
