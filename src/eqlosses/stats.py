@@ -197,7 +197,7 @@ class GradientStatistics(nn.Module):
             increments = increments / normaliser.clamp_min(normaliser_floor)
         elif normaliser is not None:
             increments = increments / max(normaliser, normaliser_floor)
-        pos_step, neg_step = torch.split(torch.where(accepted, increments, 0.0), num_classes)
+        pos_step, neg_step = torch.where(accepted, increments, 0.0).chunk(2)
         self.pos_grad.add_(pos_step)
         self.neg_grad.add_(neg_step)
         self.num_updates.add_(accepted)

@@ -214,7 +214,7 @@ def zero_dropped_rows(block: Tensor, keep: Tensor, *, out: Tensor) -> Tensor:
 
 
 def _sum_blocks(parts: list[Tensor]) -> Tensor:
-    return parts[0] if len(parts) == 1 else torch.stack(parts).sum(0)
+    return torch.stack(parts).sum(0)
 
 
 def run_blocks(
@@ -327,40 +327,43 @@ def _run_blocks(
         loss_size = () if loss_kind == "sum" else loss_shape
         return torch.zeros(loss_size, dtype=dtype, device=device), grad, zeros, zeros.clone()
 
-    def block_input(view: Tensor, rows: slice) -> Tensor:
-        view = view.to(dtype)
-        if keep is None:
-            return view
-        out = torch.empty(view.shape, dtype=dtype, device=device)
-        return zero_dropped_rows(view, block_rows(keep, rows), out=out)
+    def run(rows: slice, view: Tensor, out: Tensor) -> BlockResult:
+        block = view if view.dtype == dtype else view.to(dtype)
+        if keep is not None:
+            dropped_zeroed = torch.empty(block.shape, dtype=dtype, device=device)
+            block = zero_dropped_rows(block, block_rows(keep, rows), out=dropped_zeroed)
+        return kernel(block, rows, out)
 
-    def run(view_rows_out: tuple[slice, Tensor, Tensor]) -> BlockResult:
-        rows, view, out = view_rows_out
-        return kernel(block_input(view, rows), rows, out)
-
-    # Channels-first blocks stay strided views (rows along memory): no transposed
-    # copies; the kernels write the gradient straight into the result.
-    with _intra_op_threads(1 if serial else None):
+    def run_all() -> list[BlockResult]:
         if torch.is_autocast_enabled(device.type):
             # The kernels choose their own precision; autocast must not lower them.
             with torch.autocast(device.type, enabled=False):
-                results = [run(view) for view in views]
-        else:
-            results = [run(view) for view in views]
+                return [run(*view) for view in views]
+        return [run(*view) for view in views]
+
+    # Channels-first blocks stay strided views (rows along memory): no transposed
+    # copies; the kernels write the gradient straight into the result.
+    if serial:
+        with _intra_op_threads(1):
+            results = run_all()
+    else:
+        results = run_all()
+    if len(results) == 1:
+        only = results[0]
+        loss = only.loss if loss_kind == "sum" else only.loss.reshape(loss_shape)
+        return loss, grad, only.pos_increment, only.neg_increment
     pos_total = _sum_blocks([r.pos_increment for r in results])
     neg_total = _sum_blocks([r.neg_increment for r in results])
     if loss_kind == "sum":
         loss = _sum_blocks([r.loss for r in results])
-    elif len(results) == 1:
-        loss = results[0].loss.reshape(loss_shape)
     else:
         loss = torch.cat([r.loss.reshape(-1) for r in results]).reshape(loss_shape)
     return loss, grad, pos_total, neg_total
 
 
 @contextlib.contextmanager
-def _intra_op_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``threads`` intra-op threads (``None``: as set), restored after.
+def _intra_op_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op threads, restored after.
 
     The sigmoid and focal kernels run their blocks with one thread. Split across several,
     each of a block's dozens of small operations ends on a barrier that waits for the
@@ -370,7 +373,7 @@ def _intra_op_threads(threads: int | None) -> Iterator[None]:
     over each block keep them faster than the plain losses run on every thread.
     """
     before = torch.get_num_threads()
-    if threads is None or threads == before:
+    if threads == before:
         yield
         return
     torch.set_num_threads(threads)

@@ -116,6 +116,18 @@ def _class_sums(block: Tensor, weight: Tensor | None, class_dim: int) -> Tensor:
     return torch.mv(block, weight.view(-1))
 
 
+def _smallest_exact_probability(dtype: torch.dtype) -> float:
+    info = torch.finfo(dtype)
+    # p_t = exp(z̃_t - max) / S with S >= 1: from here on both are normal numbers
+    return info.tiny / info.eps * 2.0
+
+
+# per compute dtype, looked up once
+_SMALLEST_EXACT_PROBABILITY = {
+    dtype: _smallest_exact_probability(dtype) for dtype in (torch.float32, torch.float64)
+}
+
+
 def _target_nll(
     target_prob: Tensor, adjusted: Callable[[], Tensor], class_dim: int, label: Tensor
 ) -> Tensor:
@@ -126,9 +138,7 @@ def _target_nll(
     block-sized buffer, only for such a block). Reads the host once.
     """
     nll = target_prob.log().neg_()
-    info = torch.finfo(target_prob.dtype)
-    # p_t = exp(z̃_t - max) / S with S >= 1: from here on both are normal numbers
-    smallest_exact = info.tiny / info.eps * 2.0
+    smallest_exact = _SMALLEST_EXACT_PROBABILITY[target_prob.dtype]
     # a NaN fails the test too; its row keeps its NaN, only rows below the bound change
     if target_prob.numel() > 0 and not float(target_prob.amin()) >= smallest_exact:
         z = adjusted()
