@@ -781,19 +781,29 @@ def time_case(
     same statistics state for all, so (a) and (b) must agree)."""
     first_loss: dict[str, float] = {}
     # Each warm-up round calls every implementation for at least a sample's time; the
-    # last round's time per call sets how many calls a timed sample averages. (One call
+    # last round's fastest call sets how many calls a timed sample averages. (One call
     # is a poor estimate for a small head: its first calls run cold and slow, and too few
-    # calls per sample would then time the cold start, not the steady state.)
+    # calls per sample would then time the cold start, not the steady state. So the last
+    # round times at least two calls: the first after another implementation ran can be
+    # slowed many times by the caches and pages that one left, and alone it would leave
+    # a call of a few milliseconds timed one at a time.)
     per_call_ms: dict[str, float] = {}
-    for _ in range(max(warmup, 1)):
+    rounds = max(warmup, 1)
+    for round_ in range(rounds):
+        fewest_calls = 2 if round_ == rounds - 1 else 1
         for key, impl in impls.items():
-            calls, start = 0, time.perf_counter()
-            while calls == 0 or time.perf_counter() - start < MIN_SAMPLE_SECONDS:
+            call_seconds: list[float] = []
+            start = time.perf_counter()
+            while (
+                len(call_seconds) < fewest_calls or time.perf_counter() - start < MIN_SAMPLE_SECONDS
+            ):
+                call_start = time.perf_counter()
                 loss = _step(impl, inputs[key])
-                first_loss.setdefault(key, float(loss.detach()))
-                calls += 1
-            _synchronize(inputs[key])
-            per_call_ms[key] = (time.perf_counter() - start) * 1000.0 / calls
+                if key not in first_loss:
+                    first_loss[key] = float(loss.detach())
+                _synchronize(inputs[key])
+                call_seconds.append(time.perf_counter() - call_start)
+            per_call_ms[key] = min(call_seconds) * 1000.0
     timings = {
         key: Timing(inner=max(1, min(MAX_INNER_CALLS, math.ceil(MIN_SAMPLE_SECONDS * 1000.0 / ms))))
         for key, ms in ((k, max(v, 1e-3)) for k, v in per_call_ms.items())

@@ -241,6 +241,36 @@ def test_fixed_overhead_finds_a_known_cost(monkeypatch: pytest.MonkeyPatch) -> N
     assert torch.get_num_threads() == 2  # restored after the one-thread measurement
 
 
+class _ColdAfterSwitch(benchmark.Implementation):
+    """A loss that takes ``fast`` seconds a call, but ``cold`` seconds on its first call
+    after another implementation ran (caches and pages left by that one);
+    ``last_caller`` holds the implementation that ran last, shared by all of them."""
+
+    def __init__(self, fast: float, cold: float, last_caller: list[object]) -> None:
+        self.fast, self.cold, self.last_caller = fast, cold, last_caller
+
+    def __call__(self, inputs: benchmark.Inputs) -> torch.Tensor:
+        switched = self.last_caller[0] is not self
+        self.last_caller[0] = self
+        time.sleep(self.cold if switched else self.fast)
+        return inputs.logits.sum()
+
+
+def test_a_slow_first_call_does_not_set_the_calls_per_sample() -> None:
+    inputs = {
+        key: benchmark.Inputs(torch.randn(4, 3, requires_grad=True), torch.zeros(4)) for key in "ac"
+    }
+    last_caller: list[object] = [None]
+    impls: dict[str, benchmark.Implementation] = {
+        "a": _ColdAfterSwitch(fast=0.001, cold=0.03, last_caller=last_caller),
+        "c": _ColdAfterSwitch(fast=0.001, cold=0.001, last_caller=last_caller),
+    }
+    timings, _ = benchmark.time_case(impls, inputs, repeats=1, warmup=2)
+    # 1 ms calls: a 10 ms sample holds several, however slow the first one after "c" is
+    assert timings["a"].inner >= 4
+    assert timings["c"].inner >= 4
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_memory_case_reads_a_known_allocation() -> None:
     # 1024 x 1000 float32 logits: 4 MB per logit-sized tensor
