@@ -66,6 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from eqlosses import EQL, StatisticsLoss
+from eqlosses.functional import native_kernel_status
 
 from .arguments import Distinct, non_negative_int, positive_int
 from .errors import DatasetNotFoundError
@@ -1095,6 +1096,8 @@ def environment() -> dict[str, Any]:
         "malloc_env": malloc,
         "transparent_hugepages": thp,
         "memory_child_malloc": MEMORY_CHILD_MALLOC,
+        # built here, if it is due, so that no timed call pays for the build
+        "softmax_cpu_kernel": native_kernel_status(),
     }
 
 
@@ -1399,6 +1402,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"memory: one fresh process per case, run with {child}")
     else:
         print("memory: not measured (--memory to measure)")
+    print(f"softmax losses on the CPU: {env['softmax_cpu_kernel']}")
     print(f"labels: {profile.source} [{how}]; device: {device}")
     if args.load:
         print(f"load: every case is timed again beside {args.load} busy processes")

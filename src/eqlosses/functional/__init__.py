@@ -5,6 +5,7 @@ use; the modules in :mod:`eqlosses.losses` add the statistics that produce the f
 """
 
 from ._fused import LossOutput
+from ._native import native_kernel_status
 from .focal import equalized_focal_factors, equalized_focal_loss, equalized_quality_focal_loss
 from .peers import (
     balanced_softmax,
@@ -32,6 +33,7 @@ __all__ = [
     "equalized_quality_focal_loss",
     "federated_classes",
     "federated_loss",
+    "native_kernel_status",
     "seesaw_loss",
     "sigmoid_eql",
     "sigmoid_eql_factors",

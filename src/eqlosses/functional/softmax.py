@@ -11,6 +11,7 @@ EQL v1's softmax form replaces ``e^{z_k}`` in the denominator by ``w̃_k e^{z_k}
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -29,6 +30,7 @@ from ..checks import (
 from ..labels import (
     REDUCTIONS,
     Reduction,
+    Rows,
     check_logits,
     class_vector_length,
     mean_scale,
@@ -45,6 +47,7 @@ from ._fused import (
     run_blocks,
     zero_dropped_rows,
 )
+from ._native import softmax_rows_kernel
 
 __all__ = ["eql_softmax", "softmax_eql", "softmax_eql_adjustment"]
 
@@ -292,6 +295,49 @@ def _softmax_kernel(
     return kernel
 
 
+def _native_rows(
+    logits: Tensor,
+    rows: Rows,
+    adjustment: Tensor | None,
+    grad_scale: Tensor | float | None,
+    per_row: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """Loss, gradient and increments from the native CPU kernel (see
+    :mod:`~eqlosses.functional._native`), where it covers the call: contiguous ``(N, C)``
+    or channels-first ``(N, C, d1, ...)`` CPU logits and hard labels, without label
+    smoothing or a per-entry adjustment. ``None`` elsewhere, or where it is not built."""
+    if (
+        rows.labels is None
+        or logits.device.type != "cpu"
+        or not logits.is_contiguous()
+        or torch.compiler.is_compiling()
+    ):
+        return None
+    kernel = softmax_rows_kernel()
+    if kernel is None:
+        return None
+    dtype = compute_dtype(logits)
+    # float16 and bfloat16 logits are computed in float32, as on the PyTorch path
+    work = logits.detach() if logits.dtype == dtype else logits.detach().to(dtype)
+    if work.dim() > 2:
+        work = work.view(work.shape[0], work.shape[1], math.prod(work.shape[2:]))
+    grad = torch.empty(logits.shape, dtype=dtype)
+    # the mean's scale: a plain number where the count is known on the host
+    nll, pos_inc, neg_inc = kernel(
+        work,
+        adjustment,
+        rows.labels.contiguous(),
+        rows.weight,
+        grad_scale if isinstance(grad_scale, Tensor) else None,
+        1.0 if grad_scale is None or isinstance(grad_scale, Tensor) else grad_scale,
+        grad.view(work.shape),
+    )
+    if not per_row:
+        return nll.sum(), grad, pos_inc, neg_inc
+    rows_shape = (logits.shape[0], *logits.shape[2:]) if logits.dim() > 2 else logits.shape[:1]
+    return nll.view(rows_shape), grad, pos_inc, neg_inc
+
+
 def cross_entropy_blocks(
     logits: Tensor,
     target: Tensor,
@@ -355,28 +401,35 @@ def cross_entropy_blocks(
         )
     grad_scale = mean_scale(rows.num_kept) if reduction == "mean" else None
     per_row = reduction == "none"
-    kernel = _softmax_kernel(
-        rows.labels,
-        soft,
-        rows.weight,
-        rows.keep,
-        None if adjustment is None else adjustment.to(dtype),
-        entry_adjustment,
-        label_smoothing,
-        grad_scale,
-        per_row,
-    )
-    loss, grad, pos_inc, neg_inc = run_blocks(
-        logits,
-        kernel,
-        num_stat_columns=num_classes,
-        channels_first=class_dim == 1,
-        loss_kind="row" if per_row else "sum",
-        block_elements=SOFTMAX_BLOCK_ELEMENTS,
-        one_thread=False,
-        # an entry adjustment (Seesaw's, per pixel) works on (rows, K) blocks
-        image_blocks=entry_adjustment is None,
-    )
+    block_adjustment = None if adjustment is None else adjustment.to(dtype)
+    native = None
+    if soft is None and entry_adjustment is None and label_smoothing == 0:
+        native = _native_rows(logits, rows, block_adjustment, grad_scale, per_row)
+    if native is not None:
+        loss, grad, pos_inc, neg_inc = native
+    else:
+        kernel = _softmax_kernel(
+            rows.labels,
+            soft,
+            rows.weight,
+            rows.keep,
+            block_adjustment,
+            entry_adjustment,
+            label_smoothing,
+            grad_scale,
+            per_row,
+        )
+        loss, grad, pos_inc, neg_inc = run_blocks(
+            logits,
+            kernel,
+            num_stat_columns=num_classes,
+            channels_first=class_dim == 1,
+            loss_kind="row" if per_row else "sum",
+            block_elements=SOFTMAX_BLOCK_ELEMENTS,
+            one_thread=False,
+            # an entry adjustment (Seesaw's, per pixel) works on (rows, K) blocks
+            image_blocks=entry_adjustment is None,
+        )
     if grad_scale is not None:
         loss = loss * grad_scale
     loss = attach_gradient(logits, loss, grad, class_dim=1)
