@@ -1,9 +1,10 @@
 """The native CPU kernel of the cross-entropy losses, compiled from C++ on first use.
 
 ``csrc/softmax_rows.cpp`` computes a row's adjusted softmax, loss, gradient and
-statistics in one pass over the row, where the PyTorch operations in
-:mod:`eqlosses.functional.softmax` take a dozen passes and operations; on a CPU it is
-the difference between being slower than ``F.cross_entropy`` and being faster. It is
+statistics with one read of the row's logits and one write of its gradient, where the
+PyTorch operations in :mod:`eqlosses.functional.softmax` take several passes and a few
+dozen operations; on a CPU it is the difference between being slower than
+``F.cross_entropy`` and being faster. It is
 built with :func:`torch.utils.cpp_extension.load` the first time a loss can use it (about
 20 seconds, once per machine: the build is cached in ``$TORCH_EXTENSIONS_DIR``) and
 needs ``ninja`` (a dependency of the package) and a C++ compiler with OpenMP (GCC). It is
@@ -47,8 +48,9 @@ _LOG = logging.getLogger("eqlosses")
 
 
 def softmax_rows_kernel() -> Callable[..., Any] | None:
-    """The native operator ``softmax_rows(logits, adjustment, labels, scale, grad)``, or
-    ``None`` where it is turned off or could not be built (warned once)."""
+    """The native operator ``softmax_rows(logits, adjustment, labels, weight, scale_tensor,
+    scale, grad)`` (see ``csrc/softmax_rows.cpp``), or ``None`` where it is turned off or
+    could not be built (warned once)."""
     if "kernel" in _STATE:
         return _STATE["kernel"]
     kernel = None
@@ -59,7 +61,7 @@ def softmax_rows_kernel() -> Callable[..., Any] | None:
             warnings.warn(
                 f"eqlosses: the native CPU kernel of the softmax losses could not be built "
                 f"({type(error).__name__}: {str(error).strip()[:300]}); they run on PyTorch "
-                f"operations instead, with the same results but about twice as slow. It "
+                f"operations instead: the same results up to rounding, more slowly. It "
                 f"needs ninja (pip install ninja) and a C++ compiler; set "
                 f"{NATIVE_ENVIRONMENT_VARIABLE}=0 to skip it without this warning.",
                 RuntimeWarning,
