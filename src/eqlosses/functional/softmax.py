@@ -12,7 +12,7 @@ EQL v1's softmax form replaces ``e^{z_k}`` in the denominator by ``w̃_k e^{z_k}
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -298,20 +298,18 @@ def _softmax_kernel(
 def _native_rows(
     logits: Tensor,
     rows: Rows,
+    rows_shape: Sequence[int],
     adjustment: Tensor | None,
     grad_scale: Tensor | float | None,
     per_row: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
     """Loss, gradient and increments from the native CPU kernel (see
-    :mod:`~eqlosses.functional._native`), where it covers the call: contiguous ``(N, C)``
-    or channels-first ``(N, C, d1, ...)`` CPU logits and hard labels, without label
-    smoothing or a per-entry adjustment. ``None`` elsewhere, or where it is not built."""
-    if (
-        rows.labels is None
-        or logits.device.type != "cpu"
-        or not logits.is_contiguous()
-        or torch.compiler.is_compiling()
-    ):
+    :mod:`~eqlosses.functional._native`) for hard labels without label smoothing or a
+    per-entry adjustment, where it covers the logits: contiguous ``(N, C)`` or
+    channels-first ``(N, C, d1, ...)`` on the CPU. ``None`` elsewhere, or where it is not
+    built."""
+    assert rows.labels is not None
+    if logits.device.type != "cpu" or not logits.is_contiguous() or torch.compiler.is_compiling():
         return None
     kernel = softmax_rows_kernel()
     if kernel is None:
@@ -329,13 +327,10 @@ def _native_rows(
         rows.labels.contiguous(),
         rows.weight,
         grad_scale if isinstance(grad_scale, Tensor) else None,
-        1.0 if grad_scale is None or isinstance(grad_scale, Tensor) else grad_scale,
+        grad_scale if isinstance(grad_scale, float) else 1.0,
         grad.view(work.shape),
     )
-    if not per_row:
-        return nll.sum(), grad, pos_inc, neg_inc
-    rows_shape = (logits.shape[0], *logits.shape[2:]) if logits.dim() > 2 else logits.shape[:1]
-    return nll.view(rows_shape), grad, pos_inc, neg_inc
+    return (nll.view(rows_shape) if per_row else nll.sum()), grad, pos_inc, neg_inc
 
 
 def cross_entropy_blocks(
@@ -404,7 +399,7 @@ def cross_entropy_blocks(
     block_adjustment = None if adjustment is None else adjustment.to(dtype)
     native = None
     if soft is None and entry_adjustment is None and label_smoothing == 0:
-        native = _native_rows(logits, rows, block_adjustment, grad_scale, per_row)
+        native = _native_rows(logits, rows, rows_shape, block_adjustment, grad_scale, per_row)
     if native is not None:
         loss, grad, pos_inc, neg_inc = native
     else:
